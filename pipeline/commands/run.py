@@ -141,8 +141,8 @@ def register(app: typer.Typer) -> None:
         """
         from pipeline.runner import RunFailed, run_once
 
+        clock = parse_now(now)  # usage errors before any file is read
         config = AppConfig(config_dir).validate()
-        clock = parse_now(now)
         while True:
             try:
                 summary = run_once(
