@@ -62,26 +62,15 @@ for _module in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Entry point: one clear line and exit code 2 for configuration problems."""
+    """Entry point: one clear line and exit code 2 for configuration problems.
+
+    Click's standalone mode handles usage errors (exit 2), --help and Ctrl-C; everything else
+    propagates to here.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except ConfigError as exc:
         err_console.print(
             f"[bold red]configuration error:[/] {exc}", highlight=False, soft_wrap=True
         )
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
