@@ -138,7 +138,7 @@ def classify_and_index(
     return result
 
 
-@task(trigger_rule="none_failed", execution_timeout=timedelta(minutes=2), retries=0)
+@task(trigger_rule="none_failed", execution_timeout=timedelta(minutes=2))
 def report(shards: list[dict[str, Any]], processed: dict[str, Any] | None) -> dict[str, Any]:
     """The run's totals in one place (the task log and XCom show them).
 
