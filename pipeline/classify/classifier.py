@@ -1,0 +1,347 @@
+"""The Classifier: preprocess -> forward -> postprocess, as Hugging Face pipelines do.
+
+``preprocess`` splits each item into sentences (pure Python), ``forward`` runs the encoder
+over a batch (the only place that touches torch, batching and threads), ``postprocess``
+applies the domain logic: topic heads, actors and quotes, territories, stance per
+(actor, topic). Keeping the stages apart lets the benchmark time the encoder alone on the
+same texts, and lets the Hugging Face backend reuse everything but the topic scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, field_validator
+
+from pipeline.classify.actors import ActorAnalysis, ActorResolver
+from pipeline.classify.encoder import ArticleEncoding, Encoder
+from pipeline.classify.sentences import Sentence, split_sentences
+from pipeline.classify.stance import (
+    STANCES,
+    Candidate,
+    StanceModel,
+    aggregate,
+    candidates,
+    group_pairs,
+    pair_features,
+)
+from pipeline.classify.territories import TerritoryGazetteer
+from pipeline.classify.topics import TopicModel
+from pipeline.config import PROJECT_DIR, TOPICS, AppConfig, ClassifierSettings
+from pipeline.models import ClassifiedText, StanceMention, TopicScore
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_FILE = "classifier.npz"
+MANIFEST_FILE = "manifest.json"
+#: Items per encoder chunk in classify(); also the progress reporting step.
+CHUNK = 64
+
+
+class ClassifyInput(BaseModel):
+    """One item to classify: the ``stancewatch classify`` input line."""
+
+    id: str = Field(min_length=1)
+    title: str = ""
+    text: str = ""
+    published: datetime | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+
+class ArtifactsMissing(FileNotFoundError):
+    """The trained heads are not there: ``stancewatch train`` builds them."""
+
+
+@dataclass
+class Prepared:
+    item: ClassifyInput
+    text: str
+    sentences: list[Sentence]
+
+
+def prepare(item: ClassifyInput) -> Prepared:
+    """Title and body as one text (the title is the first sentence) and its sentences."""
+    title = item.title.strip()
+    body = item.text.strip()
+    text = f"{title}\n\n{body}" if title and body else title or body
+    return Prepared(item, text, split_sentences(text))
+
+
+def artifacts_dir(settings: ClassifierSettings) -> Path:
+    return Path(settings.artifacts_dir) if settings.artifacts_dir else PROJECT_DIR / "model"
+
+
+class Classifier:
+    """Interface every backend implements (docs/architecture.md)."""
+
+    name: str = "classifier"
+    version: str = "0"
+
+    def classify(
+        self, items: Sequence[ClassifyInput], *, progress: bool = False
+    ) -> list[ClassifiedText]:
+        raise NotImplementedError
+
+
+class LocalClassifier(Classifier):
+    """MiniLM + trained heads + gazetteers; offline, CPU."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        topic_model: TopicModel,
+        stance_model: StanceModel,
+        resolver: ActorResolver,
+        territories: TerritoryGazetteer,
+        *,
+        version: str = "0",
+        use_ner: bool = True,
+    ) -> None:
+        self.encoder = encoder
+        self.topic_model = topic_model
+        self.stance_model = stance_model
+        self.resolver = resolver
+        self.territories = territories
+        self.name = f"stancewatch-local/{encoder.name}"
+        self.version = version
+        self.use_ner = use_ner
+
+    # ------------------------------------------------------------------------ stages
+
+    def preprocess(self, items: Sequence[ClassifyInput]) -> list[Prepared]:
+        return [prepare(item) for item in items]
+
+    def forward(self, prepared: Sequence[Prepared]) -> list[ArticleEncoding]:
+        return self.encoder.encode_articles(
+            [p.text for p in prepared], [[(s.start, s.end) for s in p.sentences] for p in prepared]
+        )
+
+    def postprocess(
+        self, prepared: Sequence[Prepared], encoded: Sequence[ArticleEncoding]
+    ) -> list[ClassifiedText]:
+        topic_probs: list[np.ndarray] = []
+        sentence_scores: list[np.ndarray] = []
+        for enc in encoded:
+            probs, sent = self.topic_model.predict(enc.article, enc.sentences, enc.seen)
+            topic_probs.append(probs)
+            sentence_scores.append(sent)
+        labels = [probs >= self.topic_model.thresholds for probs in topic_probs]
+        relevant = [i for i, lab in enumerate(labels) if lab.any()]
+        self._fill_unseen(prepared, encoded, sentence_scores, relevant)
+        analyses = self._actors(prepared, sentence_scores, labels, relevant)
+        stances = self._stances(prepared, analyses, sentence_scores, topic_probs, labels)
+        out: list[ClassifiedText] = []
+        for i, p in enumerate(prepared):
+            out.append(
+                ClassifiedText(
+                    id=p.item.id,
+                    topics={
+                        t: TopicScore(label=bool(labels[i][k]), score=float(topic_probs[i][k]))
+                        for k, t in enumerate(TOPICS)
+                    },
+                    stances=stances[i],
+                    actors=analyses[i].actors,
+                    territories=self.territories.find(p.text),
+                    embedding=[round(float(x), 5) for x in encoded[i].article],
+                    model=self.name,
+                    model_version=self.version,
+                )
+            )
+        return out
+
+    def classify(
+        self, items: Sequence[ClassifyInput], *, progress: bool = False
+    ) -> list[ClassifiedText]:
+        out: list[ClassifiedText] = []
+        started = time.monotonic()
+        for start in range(0, len(items), CHUNK):
+            chunk = items[start : start + CHUNK]
+            prepared = self.preprocess(chunk)
+            out.extend(self.postprocess(prepared, self.forward(prepared)))
+            if progress:
+                rate = len(out) / max(time.monotonic() - started, 1e-9)
+                print(
+                    f"classified {len(out)}/{len(items)} ({rate:.1f} items/s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return out
+
+    # ----------------------------------------------------------------------- helpers
+
+    def _fill_unseen(
+        self,
+        prepared: Sequence[Prepared],
+        encoded: Sequence[ArticleEncoding],
+        sentence_scores: list[np.ndarray],
+        relevant: Sequence[int],
+    ) -> None:
+        """Score sentences past the encoder's token limit, for relevant articles only."""
+        jobs = [(i, j) for i in relevant for j, ok in enumerate(encoded[i].seen) if not ok]
+        if not jobs:
+            return
+        vecs = self.encoder.encode([prepared[i].sentences[j].text for i, j in jobs])
+        scores = self.topic_model.sentence_scores(vecs)
+        for (i, j), row in zip(jobs, scores, strict=True):
+            sentence_scores[i][j] = row
+
+    def _actors(
+        self,
+        prepared: Sequence[Prepared],
+        sentence_scores: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        relevant: Sequence[int],
+    ) -> list[ActorAnalysis]:
+        """Gazetteer for all items; spaCy NER only on topic sentences of relevant ones.
+
+        NER costs about as much as the encoder per sentence, so it reads only the sentences
+        that can carry a stance; elsewhere configured actors are found by the gazetteer.
+        """
+        ner_sentences: dict[int, list[int]] = {}
+        if self.use_ner:
+            floor = self.stance_model.floor
+            for i in relevant:
+                topics = [k for k in range(len(TOPICS)) if labels[i][k]]
+                sc = sentence_scores[i]
+                ner_sentences[i] = [
+                    j for j in range(len(sc)) if any(sc[j, k] >= floor for k in topics)
+                ]
+        flat = [(i, j) for i, js in ner_sentences.items() for j in js]
+        docs: dict[tuple[int, int], Any] = {}
+        if flat:
+            nlp = self.resolver.nlp()
+            texts = [prepared[i].sentences[j].text for i, j in flat]
+            for key, doc in zip(flat, nlp.pipe(texts, batch_size=64), strict=True):
+                docs[key] = doc
+        out: list[ActorAnalysis] = []
+        for i, p in enumerate(prepared):
+            idx = ner_sentences.get(i) or None
+            out.append(
+                self.resolver.analyse(
+                    p.text,
+                    p.sentences,
+                    p.item.published,
+                    ner_sentences=idx,
+                    ner_docs=[docs[(i, j)] for j in idx] if idx else None,
+                )
+            )
+        return out
+
+    def _stances(
+        self,
+        prepared: Sequence[Prepared],
+        analyses: Sequence[ActorAnalysis],
+        sentence_scores: Sequence[np.ndarray],
+        topic_probs: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+    ) -> list[list[StanceMention]]:
+        per_item: list[list[Candidate]] = []
+        for i, p in enumerate(prepared):
+            topics = [k for k in range(len(TOPICS)) if labels[i][k]]
+            per_item.append(
+                candidates(
+                    p.sentences, analyses[i], sentence_scores[i], topics, self.stance_model.floor
+                )
+                if topics
+                else []
+            )
+        texts = sorted({c.marked for cands in per_item for c in cands})
+        index = {t: k for k, t in enumerate(texts)}
+        vecs = self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim))
+        out: list[list[StanceMention]] = []
+        for i, cands in enumerate(per_item):
+            out.append(
+                decide_stances(
+                    prepared[i],
+                    cands,
+                    self.stance_model.sentence_probs(
+                        vecs[[index[c.marked] for c in cands]] if cands else vecs[:0],
+                        [c.topic for c in cands],
+                    ),
+                    topic_probs[i],
+                    self.stance_model,
+                )
+            )
+        return out
+
+
+def decide_stances(
+    prepared: Prepared,
+    cands: Sequence[Candidate],
+    probs: np.ndarray,
+    topic_probs: np.ndarray,
+    model: StanceModel,
+) -> list[StanceMention]:
+    """Pairs the pair head accepts, each with its aggregated stance and evidence."""
+    out: list[StanceMention] = []
+    for (actor, topic), members in group_pairs(cands).items():
+        group = [cands[k] for k in members]
+        gprobs = probs[members]
+        feats = pair_features(group, gprobs, float(topic_probs[topic]), len(prepared.sentences))
+        if model.pair_prob(feats) < model.pair_threshold:
+            continue
+        stance, score, ev = aggregate(group, gprobs)
+        best = group[ev]
+        sentence = prepared.sentences[best.sentence]
+        named = [m for m in best.mentions if m.source not in ("quote",)]
+        mention = named[0].text if named else best.mentions[0].text
+        out.append(
+            StanceMention(
+                actor=actor,
+                mention=mention,
+                topic=TOPICS[topic],
+                stance=STANCES[stance],
+                score=min(max(score, 0.0), 1.0),
+                evidence=sentence.text,
+                quote=best.speaker and any(ch in sentence.text for ch in '"“”'),
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_artifacts(directory: Path) -> tuple[TopicModel, StanceModel, dict[str, Any]]:
+    path = directory / ARTIFACT_FILE
+    if not path.exists():
+        raise ArtifactsMissing(
+            f"{path}: classifier artifacts not found; build them with `stancewatch train`"
+        )
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    manifest_path = directory / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    return TopicModel.from_arrays(arrays), StanceModel.from_arrays(arrays), manifest
+
+
+def load_local(config: AppConfig, encoder: Encoder | None = None) -> LocalClassifier:
+    settings = config.settings.classifier
+    topic_model, stance_model, manifest = load_artifacts(artifacts_dir(settings))
+    enc = encoder or Encoder(
+        max_tokens=settings.max_tokens,
+        batch_size=settings.batch_size,
+        bf16=settings.bf16,
+        threads=settings.threads,
+    )
+    return LocalClassifier(
+        enc,
+        topic_model,
+        stance_model,
+        ActorResolver(config.actors),
+        TerritoryGazetteer(config.territories),
+        version=str(manifest.get("version", "0")),
+    )

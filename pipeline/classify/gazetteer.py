@@ -1,0 +1,76 @@
+"""Longest-match phrase lookup over word tokens, shared by the actor and territory gazetteers.
+
+Phrases are matched on token n-grams through a dict (a few hundred lookups per article),
+which stays fast with thousands of aliases where one big regular expression would not.
+Multi-word phrases match case-insensitively; a one-word phrase must match its case as
+written ("Xi", "EU", "Lula"), so ordinary words that happen to be names are not taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from pipeline.classify.sentences import Token, tokenize
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class Match(Generic[V]):
+    start: int  # character offsets into the text
+    end: int
+    first_token: int
+    last_token: int  # exclusive
+    values: tuple[V, ...]
+
+
+def _key(tokens: Sequence[str], *, exact_case: bool) -> tuple[str, ...]:
+    return tuple(tokens) if exact_case else tuple(t.casefold() for t in tokens)
+
+
+class PhraseMatcher(Generic[V]):
+    """Maps phrases to values; finds non-overlapping longest matches in a text."""
+
+    def __init__(self) -> None:
+        self._phrases: dict[tuple[str, ...], list[V]] = {}
+        self.max_len = 1
+
+    def add(self, phrase: str, value: V) -> None:
+        tokens = [t.text for t in tokenize(phrase)]
+        if not tokens:
+            return
+        key = _key(tokens, exact_case=len(tokens) == 1)
+        bucket = self._phrases.setdefault(key, [])
+        if value not in bucket:
+            bucket.append(value)
+        self.max_len = max(self.max_len, len(tokens))
+
+    def add_many(self, phrases: Iterable[str], value: V) -> None:
+        for phrase in phrases:
+            self.add(phrase, value)
+
+    def find(self, text: str, tokens: Sequence[Token] | None = None) -> list[Match[V]]:
+        toks = list(tokens) if tokens is not None else tokenize(text)
+        words = [t.text for t in toks]
+        lowered = [w.casefold() for w in words]
+        out: list[Match[V]] = []
+        i = 0
+        while i < len(toks):
+            hit: Match[V] | None = None
+            for n in range(min(self.max_len, len(toks) - i), 0, -1):
+                key = tuple(words[i : i + n]) if n == 1 else tuple(lowered[i : i + n])
+                values = self._phrases.get(key)
+                if not values and n == 1 and len(words[i]) >= 4 and words[i].isupper():
+                    # Datelines and headlines in capitals: "KYIV", "GAZA CITY".
+                    values = self._phrases.get((words[i].title(),))
+                if values:
+                    hit = Match(toks[i].start, toks[i + n - 1].end, i, i + n, tuple(values))
+                    break
+            if hit is not None:
+                out.append(hit)
+                i = hit.last_token
+            else:
+                i += 1
+        return out

@@ -1,0 +1,219 @@
+"""Stance per (actor, topic): support / oppose / neutral, a calibrated score and evidence.
+
+Three steps, all on the frozen encoder:
+
+1. **Candidates**: every (actor, sentence, topic) where the actor is named, pronoun-linked or
+   quoted in a sentence that the topic sentence head scores above a floor.
+2. **Sentence stance**: the sentence with the actor's mention replaced by ``[ACTOR]`` (so the
+   model learns *whose* position it reads, not the name) is encoded and a softmax head
+   over [embedding, embedding x topic] gives support/oppose/neutral. Its temperature is fit
+   on the validation split, so the score is a calibrated probability.
+3. **Pairs**: a small logistic model decides which (actor, topic) pairs are real positions
+   (speakers of topic sentences) rather than names that merely appear, from features such
+   as speaker position, the best topic score of the actor's sentences and the actor kind.
+   The pair's stance is the topic-weighted mean of its sentences' stance probabilities;
+   its evidence is the sentence that shows the chosen stance best.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.classify.actors import ActorAnalysis, ActorMention
+from pipeline.classify.heads import LinearHead
+from pipeline.classify.sentences import Sentence
+from pipeline.config import TOPICS
+
+STANCES: tuple[str, ...] = ("support", "oppose", "neutral")
+MARKER = "[ACTOR]"
+#: Sentences scored below this for a topic are not read for that topic's stance.
+CANDIDATE_FLOOR = 0.15
+_KINDS = ("person", "organisation", "government", "group")
+_SOURCES = ("alias", "role", "speaker_alias", "fuzzy", "ner", "pronoun", "nominal", "quote")
+
+
+def mark_actor(sentence: Sentence, mentions: Sequence[ActorMention]) -> str:
+    """The sentence with the actor's mentions replaced by the marker."""
+    spans = sorted(
+        {(m.start, m.end) for m in mentions if m.end > m.start},
+    )
+    if not spans:
+        return f"{MARKER} said: {sentence.text}"
+    out: list[str] = []
+    pos = sentence.start
+    for start, end in spans:
+        if start < pos:
+            continue
+        out.append(sentence.text[pos - sentence.start : start - sentence.start])
+        out.append(MARKER)
+        pos = end
+    out.append(sentence.text[pos - sentence.start :])
+    return "".join(out)
+
+
+def mark_text(sentence: str, mention: str) -> str:
+    """Marker for labelled sentences: replace the mention as written, else prefix it."""
+    if mention:
+        index = sentence.find(mention)
+        if index < 0:
+            index = sentence.casefold().find(mention.casefold())
+        if index >= 0:
+            return sentence[:index] + MARKER + sentence[index + len(mention) :]
+    return f"{MARKER} said: {sentence}"
+
+
+def stance_features(embeddings: np.ndarray, topic_indices: Sequence[int]) -> np.ndarray:
+    """[e, e * is_territorial, is_territorial]: one head, topic-specific adjustments."""
+    emb = np.atleast_2d(embeddings).astype(np.float32)
+    is_tc = np.array([1.0 if t == 0 else 0.0 for t in topic_indices], np.float32)[:, None]
+    return np.hstack([emb, emb * is_tc, is_tc])
+
+
+@dataclass
+class Candidate:
+    """One actor in one sentence, read for one topic."""
+
+    actor: str
+    topic: int
+    sentence: int
+    mentions: list[ActorMention]
+    marked: str
+    topic_score: float
+    speaker: bool
+
+
+def candidates(
+    sentences: Sequence[Sentence],
+    analysis: ActorAnalysis,
+    sentence_scores: np.ndarray,
+    topics: Sequence[int],
+    floor: float = CANDIDATE_FLOOR,
+) -> list[Candidate]:
+    """Candidates for the given topic indices (usually the article's relevant topics)."""
+    by_sentence: dict[int, dict[str, list[ActorMention]]] = {}
+    for m in analysis.mentions:
+        by_sentence.setdefault(m.sentence, {}).setdefault(m.actor, []).append(m)
+    out: list[Candidate] = []
+    for sidx, actors in sorted(by_sentence.items()):
+        if sidx >= len(sentences) or sidx >= len(sentence_scores):
+            continue
+        for actor, mentions in actors.items():
+            marked = mark_actor(sentences[sidx], mentions)
+            speaker = any(m.speaker for m in mentions)
+            for t in topics:
+                score = float(sentence_scores[sidx, t])
+                if score >= floor:
+                    out.append(Candidate(actor, t, sidx, mentions, marked, score, speaker))
+    return out
+
+
+N_PAIR_FEATURES = 14 + len(_KINDS) + len(_SOURCES)
+
+
+def pair_features(
+    group: Sequence[Candidate],
+    stance_probs: np.ndarray,
+    article_prob: float,
+    n_sentences: int,
+) -> np.ndarray:
+    """Features of one (actor, topic) pair from its candidates and their stance probs."""
+    scores = np.array([c.topic_score for c in group], np.float32)
+    speaker = np.array([c.speaker for c in group], bool)
+    mentions = [m for c in group for m in c.mentions]
+    first = min(c.sentence for c in group)
+    kind = mentions[0].kind if mentions else "person"
+    configured = any(m.configured for m in mentions)
+    probs = np.asarray(stance_probs, np.float32)
+    spk_scores = scores[speaker] if speaker.any() else np.zeros(1, np.float32)
+    polar = 1.0 - probs[:, 2]
+    feats = [
+        float(scores.max()),
+        float(spk_scores.max()),
+        math.log1p(len(group)),
+        math.log1p(int(speaker.sum())),
+        float(speaker.any()),
+        float(configured),
+        first / max(n_sentences, 1),
+        float(first == 0),
+        article_prob,
+        float(polar.max()),
+        float((polar * scores).sum() / max(scores.sum(), 1e-6)),
+        float(probs[:, 0].max()),
+        float(probs[:, 1].max()),
+        float(probs[:, 2].min()),
+    ]
+    feats += [float(kind == k) for k in _KINDS]
+    sources = {m.source for m in mentions}
+    feats += [float(s in sources) for s in _SOURCES]
+    return np.array(feats, np.float32)
+
+
+def aggregate(group: Sequence[Candidate], stance_probs: np.ndarray) -> tuple[int, float, int]:
+    """(stance index, score, index into group of the evidence) for one pair."""
+    probs = np.asarray(stance_probs, np.float64)
+    weights = np.array([c.topic_score**2 * (1.5 if c.speaker else 1.0) for c in group], np.float64)
+    mean = (probs * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
+    chosen = int(mean.argmax())
+    evidence = int(np.argmax(weights * probs[:, chosen]))
+    return chosen, float(mean[chosen]), evidence
+
+
+@dataclass
+class StanceModel:
+    sentence_head: LinearHead  # softmax over STANCES, input stance_features
+    pair_head: LinearHead  # sigmoid, input pair_features
+    pair_threshold: float
+    floor: float = CANDIDATE_FLOOR
+
+    def sentence_probs(self, embeddings: np.ndarray, topic_indices: Sequence[int]) -> np.ndarray:
+        if len(topic_indices) == 0:
+            return np.zeros((0, len(STANCES)), np.float32)
+        return self.sentence_head.predict_proba(stance_features(embeddings, topic_indices))
+
+    def pair_prob(self, features: np.ndarray) -> float:
+        return float(self.pair_head.predict_proba(features)[0, 0])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            **self.sentence_head.to_arrays("stance.sentence"),
+            **self.pair_head.to_arrays("stance.pair"),
+            "stance.params": np.array([self.pair_threshold, self.floor], np.float32),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> StanceModel:
+        params = arrays["stance.params"]
+        return cls(
+            LinearHead.from_arrays(arrays, "stance.sentence"),
+            LinearHead.from_arrays(arrays, "stance.pair"),
+            float(params[0]),
+            float(params[1]),
+        )
+
+
+def group_pairs(cands: Sequence[Candidate]) -> dict[tuple[str, int], list[int]]:
+    """Candidate indices per (actor, topic index), in order of first appearance."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, c in enumerate(cands):
+        groups.setdefault((c.actor, c.topic), []).append(i)
+    return groups
+
+
+__all__ = [
+    "MARKER",
+    "STANCES",
+    "TOPICS",
+    "Candidate",
+    "StanceModel",
+    "aggregate",
+    "candidates",
+    "group_pairs",
+    "mark_actor",
+    "mark_text",
+    "pair_features",
+    "stance_features",
+]

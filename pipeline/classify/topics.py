@@ -1,0 +1,80 @@
+"""Topic relevance: territorial_concessions and peace_talks, multi-label.
+
+Two small heads over the frozen MiniLM encoder (the choice and its measurements are in
+docs/decisions.md, "Classifier"):
+
+* a **sentence head** scores each sentence vector (pooled from the article's own forward
+  pass) for each topic; it learns from labelled stance sentences and evidence sentences;
+* an **article head** reads the article embedding plus, per topic, the best and the mean of
+  the two best sentence scores and the title's score. One clear sentence ("Kyiv will not
+  give up Donbas") makes an article relevant even when the rest is battlefield news, and a
+  match on vocabulary alone ("concession stand") does not.
+
+Thresholds are chosen on the validation split (max F1) and stored with the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.classify.heads import LinearHead
+from pipeline.config import TOPICS
+
+N_SENTENCE_FEATURES = 3  # per topic: max, mean of top 2, title
+
+
+def sentence_features(sentence_scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Per-topic summary of sentence scores (n_sentences, n_topics) -> flat vector."""
+    n_topics = sentence_scores.shape[1] if sentence_scores.ndim == 2 else len(TOPICS)
+    out = np.zeros(n_topics * N_SENTENCE_FEATURES, dtype=np.float32)
+    if sentence_scores.size == 0 or not seen.any():
+        return out
+    scores = sentence_scores[seen]
+    for t in range(n_topics):
+        col = np.sort(scores[:, t])[::-1]
+        out[t * N_SENTENCE_FEATURES + 0] = col[0]
+        out[t * N_SENTENCE_FEATURES + 1] = col[:2].mean()
+        out[t * N_SENTENCE_FEATURES + 2] = sentence_scores[0, t] if seen[0] else 0.0
+    return out
+
+
+def article_features(article_vec: np.ndarray, sent_features: np.ndarray) -> np.ndarray:
+    return np.concatenate([article_vec, sent_features]).astype(np.float32)
+
+
+@dataclass
+class TopicModel:
+    sentence_head: LinearHead  # n_topics sigmoid outputs over a sentence vector
+    article_head: LinearHead  # n_topics sigmoid outputs over article_features
+    thresholds: np.ndarray  # (n_topics,)
+    topics: tuple[str, ...] = TOPICS
+
+    def sentence_scores(self, sentence_vecs: np.ndarray) -> np.ndarray:
+        if len(sentence_vecs) == 0:
+            return np.zeros((0, len(self.topics)), dtype=np.float32)
+        return self.sentence_head.predict_proba(sentence_vecs).astype(np.float32)
+
+    def predict(
+        self, article_vec: np.ndarray, sentence_vecs: np.ndarray, seen: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(article probabilities per topic, sentence scores per sentence and topic)."""
+        sent = self.sentence_scores(sentence_vecs)
+        feats = article_features(article_vec, sentence_features(sent, seen))
+        return self.article_head.predict_proba(feats)[0], sent
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            **self.sentence_head.to_arrays("topic.sentence"),
+            **self.article_head.to_arrays("topic.article"),
+            "topic.thresholds": self.thresholds.astype(np.float32),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> TopicModel:
+        return cls(
+            LinearHead.from_arrays(arrays, "topic.sentence"),
+            LinearHead.from_arrays(arrays, "topic.article"),
+            np.asarray(arrays["topic.thresholds"], np.float32),
+        )
