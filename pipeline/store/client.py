@@ -78,8 +78,9 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ConnectionTimeout):
         return "timed out"
     if isinstance(exc, ConnectionError):
-        cause = str(exc).split("(", 1)[0].strip() or "connection failed"
-        return f"cannot connect ({cause})"
+        # e.g. "HTTPConnection(...): Failed to establish a new connection: [Errno 111] ..."
+        message = str(getattr(exc, "message", "") or exc)
+        return f"cannot connect ({message.rsplit(': ', 1)[-1].strip() or 'connection failed'})"
     return f"{type(exc).__name__}: {exc}"
 
 
