@@ -66,6 +66,9 @@ class FetchResult(BaseModel):
     error: str | None = Field(default=None, description="Human-readable reason when it failed")
     failure_kind: FailureKind | None = None
     retry_after_s: float | None = None
+    moved_to: str | None = Field(
+        default=None, description="Target of a permanent redirect (301/308): update feeds.yaml"
+    )
 
     @property
     def ok(self) -> bool:

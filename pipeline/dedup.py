@@ -1,0 +1,220 @@
+"""Dedup: one document per story, and syndicated copies clustered.
+
+Two different problems:
+
+- **The same story again** (a re-polled item, or the same URL in two feeds): recognised by
+  the article id, which comes from the canonical URL. :func:`unique_by_id` keeps one per
+  batch; collection compares content hashes with the store to skip unchanged ones.
+- **The same wire story under other URLs** (AP/Reuters/AFP copy republished by many
+  outlets, with a changed headline or a trimmed paragraph): MinHash signatures of word
+  shingles, indexed with datasketch's LSH, find candidates in sub-linear time; a candidate
+  counts when its estimated Jaccard similarity reaches ``near_duplicate_threshold`` and
+  the two were published within ``window_hours`` of each other. Copies share a
+  ``cluster_id`` (the first article of the cluster) and point at the closest earlier copy
+  with ``duplicate_of``.
+
+Shingles are built from title + summary (the body only when there is no summary): fresh
+items have no full text yet when they are clustered (enrichment runs later and only for
+some feeds), so comparing like with like means comparing what feeds carry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+from pydantic import BaseModel
+
+from pipeline.config import DedupSettings
+from pipeline.models import Article
+
+#: Characters of the body used when an article has no summary (ingested full texts).
+BODY_PREFIX_CHARS = 1500
+_WORDS = re.compile(r"\w+", re.UNICODE)
+
+
+class DedupRecord(BaseModel):
+    """What near-duplicate clustering needs of an article already stored."""
+
+    id: str
+    published: datetime
+    title: str = ""
+    summary: str = ""
+    body: str = ""
+    cluster_id: str | None = None
+    feed_id: str | None = None
+
+    @classmethod
+    def from_article(cls, article: Article) -> DedupRecord:
+        return cls(
+            id=article.id,
+            published=article.published,
+            title=article.title,
+            summary=article.summary,
+            body=article.body,
+            cluster_id=article.cluster_id,
+            feed_id=article.source.feed_id,
+        )
+
+    @classmethod
+    def from_document(cls, doc_id: str, doc: Mapping[str, Any]) -> DedupRecord:
+        """From an articles-index document (``_source``, possibly filtered to a few fields)."""
+        source = doc.get("source")
+        feed_id = (
+            source.get("feed_id") if isinstance(source, Mapping) else doc.get("source.feed_id")
+        )
+        stamp = doc.get("@timestamp") or doc.get("published")
+        if isinstance(stamp, str):
+            published = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        elif isinstance(stamp, datetime):
+            published = stamp
+        else:
+            published = datetime.fromtimestamp(0, tz=UTC)
+        if published.tzinfo is None:
+            published = published.replace(tzinfo=UTC)
+        return cls(
+            id=doc_id,
+            published=published,
+            title=str(doc.get("title") or ""),
+            summary=str(doc.get("summary") or ""),
+            body=str(doc.get("body") or ""),
+            cluster_id=doc.get("cluster_id") or None,
+            feed_id=feed_id,
+        )
+
+
+def dedup_text(title: str, summary: str, body: str = "") -> str:
+    """The text whose shingles identify a story (see the module docstring for why)."""
+    return f"{title} {summary or body[:BODY_PREFIX_CHARS]}"
+
+
+def shingles(text: str, size: int) -> set[str]:
+    """Word n-grams of the case-folded text (letters and digits of any script)."""
+    words = _WORDS.findall(text.casefold())
+    if len(words) < size:
+        return {" ".join(words)} if words else set()
+    return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
+
+
+def unique_by_id(articles: Iterable[Article]) -> tuple[list[Article], int]:
+    """First article of each id, in order, and how many repeats were dropped."""
+    seen: set[str] = set()
+    out: list[Article] = []
+    dropped = 0
+    for article in articles:
+        if article.id in seen:
+            dropped += 1
+            continue
+        seen.add(article.id)
+        out.append(article)
+    return out, dropped
+
+
+@dataclass
+class _Entry:
+    id: str
+    published: datetime
+    cluster_id: str
+    signature: LeanMinHash
+
+
+class NearDuplicateIndex:
+    """MinHash LSH over recent articles; :meth:`assign` clusters one article at a time."""
+
+    def __init__(self, settings: DedupSettings) -> None:
+        self.settings = settings
+        self.window = timedelta(hours=settings.window_hours)
+        # LSH is a candidate filter: set it below the decision threshold so that pairs
+        # right at the threshold are not lost to its banding; the estimate decides.
+        self._lsh = MinHashLSH(
+            threshold=max(0.2, settings.near_duplicate_threshold - 0.15),
+            num_perm=settings.num_perm,
+        )
+        self._seed = MinHash(num_perm=settings.num_perm, seed=1)
+        self._entries: dict[str, _Entry] = {}
+
+    def signature(self, title: str, summary: str, body: str = "") -> LeanMinHash | None:
+        """MinHash of a text, or None when it is too short to cluster safely."""
+        grams = shingles(dedup_text(title, summary, body), self.settings.shingle_words)
+        if len(grams) < self.settings.min_shingles:
+            return None
+        mh = MinHash(num_perm=self.settings.num_perm, permutations=self._seed.permutations)
+        mh.update_batch([g.encode("utf-8") for g in grams])
+        return LeanMinHash(mh)
+
+    def add(
+        self, record_id: str, published: datetime, cluster_id: str | None, signature: LeanMinHash
+    ) -> None:
+        if record_id in self._entries:
+            self.remove(record_id)
+        self._entries[record_id] = _Entry(record_id, published, cluster_id or record_id, signature)
+        self._lsh.insert(record_id, signature)
+
+    def remove(self, record_id: str) -> None:
+        if self._entries.pop(record_id, None) is not None:
+            self._lsh.remove(record_id)
+
+    def add_records(self, records: Iterable[DedupRecord]) -> None:
+        for record in records:
+            sig = self.signature(record.title, record.summary, record.body)
+            if sig is not None:
+                self.add(record.id, record.published, record.cluster_id, sig)
+
+    def best_match(
+        self, signature: LeanMinHash, published: datetime, exclude: str
+    ) -> tuple[_Entry, float] | None:
+        """The most similar indexed article within the time window, if similar enough."""
+        best: tuple[_Entry, float] | None = None
+        for key in self._lsh.query(signature):
+            entry = self._entries.get(key)
+            if entry is None or entry.id == exclude:
+                continue
+            if abs(entry.published - published) > self.window:
+                continue
+            similarity = float(signature.jaccard(entry.signature))
+            if similarity < self.settings.near_duplicate_threshold:
+                continue
+            if (
+                best is None
+                or similarity > best[1]
+                or (similarity == best[1] and entry.published < best[0].published)
+            ):
+                best = (entry, similarity)
+        return best
+
+
+def cluster_near_duplicates(
+    articles: Sequence[Article], recent: Iterable[DedupRecord], settings: DedupSettings
+) -> list[Article]:
+    """Articles with ``cluster_id`` / ``duplicate_of`` set, in the order given.
+
+    ``recent`` are stored articles from the window (their own cluster ids are kept).
+    Articles of this batch are taken oldest first, so the first copy of a story founds
+    its cluster and later copies join it.
+    """
+    index = NearDuplicateIndex(settings)
+    batch_ids = {a.id for a in articles}
+    # A stored version of an article in this batch is replaced by the new version.
+    index.add_records(r for r in recent if r.id not in batch_ids)
+    updated: dict[str, Article] = {}
+    for article in sorted(articles, key=lambda a: (a.published, a.id)):
+        sig = index.signature(article.title, article.summary, article.body)
+        if sig is None:
+            updated[article.id] = article.model_copy(
+                update={"cluster_id": None, "duplicate_of": None}
+            )
+            continue
+        match = index.best_match(sig, article.published, exclude=article.id)
+        if match is None:
+            cluster_id, duplicate_of = article.id, None
+        else:
+            cluster_id, duplicate_of = match[0].cluster_id, match[0].id
+        index.add(article.id, article.published, cluster_id, sig)
+        updated[article.id] = article.model_copy(
+            update={"cluster_id": cluster_id, "duplicate_of": duplicate_of}
+        )
+    return [updated[a.id] for a in articles]
