@@ -312,6 +312,20 @@ AlertKind = Literal["stance_shift", "coverage_spike"]
 DeliveryStatus = Literal["pending", "sent", "failed", "suppressed"]
 
 
+class AlertEvidence(BaseModel):
+    """One sentence (stance shift) or article (coverage spike) shown in an alert e-mail."""
+
+    article_id: str
+    url: str = ""
+    title: str = ""
+    source: str = ""
+    published: datetime
+    period: Literal["baseline", "recent"] = "recent"
+    stance: Stance | None = None
+    score: float | None = None
+    sentence: str = ""
+
+
 class Alert(BaseModel):
     """One detected event; its id is deterministic so it is stored and e-mailed once."""
 
@@ -327,6 +341,7 @@ class Alert(BaseModel):
     baseline_end: datetime
     stats: dict[str, Any] = Field(default_factory=dict)
     evidence_article_ids: list[str] = Field(default_factory=list)
+    evidence: list[AlertEvidence] = Field(default_factory=list)
     detected_at: datetime
     status: DeliveryStatus = "pending"
     status_reason: str | None = None
