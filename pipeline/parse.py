@@ -392,13 +392,22 @@ def parse_feed(
     out.version = parsed.get("version") or None
     out.language = _language_code(feed.get("language")) or default_language
     entries = parsed.get("entries", [])
+    xml_problem: tuple[str | None, str] = (None, "")
     if parsed.get("bozo"):
-        kind, message = _describe_bozo(parsed.get("bozo_exception"), data, len(entries))
-        if kind:
-            out.problem(kind, message)
+        xml_problem = _describe_bozo(parsed.get("bozo_exception"), data, len(entries))
     if not entries and not out.version:
-        out.problem("not_a_feed", "no RSS, Atom or RDF feed found in the document")
+        # Not even the root element of a feed: saying "malformed XML" would send the user
+        # looking for a typo in what is really the wrong URL.
+        if data.lstrip()[:1] in (b"{", b"["):
+            message = "the response is JSON, not an RSS or Atom feed"
+        else:
+            message = "no RSS, Atom or RDF feed found in the document"
+            if xml_problem[0]:
+                message += f" ({xml_problem[1].split(';')[0]})"
+        out.problem("not_a_feed", message)
         return out
+    if xml_problem[0]:
+        out.problem(xml_problem[0], xml_problem[1])
     skipped: dict[str, int] = {}
     for entry in entries:
         item, why = _item(feed_id, entry, base_url=base_url, feed_language=out.language)
@@ -431,10 +440,13 @@ def _describe_bozo(error: Any, data: bytes, n_entries: int) -> tuple[str | None,
     kind = "malformed_xml_recovered" if n_entries else "malformed_xml"
     if isinstance(error, xml.sax.SAXParseException):
         line = error.getLineNumber() or 0
+        if not data.startswith(b"<?xml"):
+            line -= 1  # feedparser put an XML declaration line in front of the document
         where = f"line {line}, column {error.getColumnNumber()}"
         last_line = data.rstrip().count(b"\n") + 1
         tail = data.rstrip()[-200:].lower()
-        if line >= last_line and not any(tag in tail for tag in _ROOT_CLOSE):
+        opened = any(tag in data[:4096].lower() for tag in (b"<rss", b"<feed", b"<rdf:rdf"))
+        if opened and line >= last_line and not any(tag in tail for tag in _ROOT_CLOSE):
             return (
                 "truncated_xml" if n_entries else "malformed_xml",
                 f"the document ends early (truncated at {where}){recovered}",
