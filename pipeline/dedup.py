@@ -13,9 +13,13 @@ Two different problems:
   ``cluster_id`` (the first article of the cluster) and point at the closest earlier copy
   with ``duplicate_of``.
 
-Shingles are built from title + summary (the body only when there is no summary): fresh
-items have no full text yet when they are clustered (enrichment runs later and only for
-some feeds), so comparing like with like means comparing what feeds carry.
+Shingles are built from the summary (the start of the body when there is no summary), and
+the headline joins in only when the text is too short on its own. Outlets rewrite the
+headlines of wire copy but keep its lede: on the fixtures' Geneva wire story, headline +
+lede gives a Jaccard similarity of 0.68 between two copies, the lede alone 0.87, while a
+different story on the same talks scores 0.0. Fresh items have no full text yet when they
+are clustered (enrichment runs later and only for some feeds), so comparing like with like
+means comparing what feeds carry.
 """
 
 from __future__ import annotations
@@ -87,9 +91,9 @@ class DedupRecord(BaseModel):
         )
 
 
-def dedup_text(title: str, summary: str, body: str = "") -> str:
+def dedup_text(summary: str, body: str = "") -> str:
     """The text whose shingles identify a story (see the module docstring for why)."""
-    return f"{title} {summary or body[:BODY_PREFIX_CHARS]}"
+    return summary or body[:BODY_PREFIX_CHARS]
 
 
 def shingles(text: str, size: int) -> set[str]:
@@ -139,10 +143,19 @@ class NearDuplicateIndex:
 
     def signature(self, title: str, summary: str, body: str = "") -> LeanMinHash | None:
         """MinHash of a text, or None when it is too short to cluster safely."""
-        grams = shingles(dedup_text(title, summary, body), self.settings.shingle_words)
+        size = self.settings.shingle_words
+        text = dedup_text(summary, body)
+        grams = shingles(text, size)
+        if len(grams) < self.settings.min_shingles:
+            # Too little text to go by: the headline has to help after all.
+            grams = shingles(f"{title} {text}", size)
         if len(grams) < self.settings.min_shingles:
             return None
-        mh = MinHash(num_perm=self.settings.num_perm, permutations=self._seed.permutations)
+        mh = MinHash(
+            num_perm=self.settings.num_perm,
+            permutations=self._seed.permutations,
+            scheme=self._seed.scheme,
+        )
         mh.update_batch([g.encode("utf-8") for g in grams])
         return LeanMinHash(mh)
 
