@@ -488,3 +488,29 @@ def test_cli_says_clearly_when_elasticsearch_is_down(
         assert result.exit_code == 1, (args, result.output)
         assert "Elasticsearch at http://127.0.0.1:" in result.output
         assert "unavailable" in result.output
+
+
+def test_daily_digest_once_a_day_after_its_hour(
+    store: Store, smtp: SmtpServer, config_dir: Path
+) -> None:
+    text = (config_dir / "alerts.yaml").read_text()
+    text = text.replace("digest:\n  enabled: false\n  hour_utc: 7\n  to: []", "")
+    (config_dir / "alerts.yaml").write_text(
+        text + "\ndigest:\n  enabled: true\n  hour_utc: 7\n  to: [editor@example.org]\n"
+    )
+    write(store, timeline())
+    run_cycle(store, config_dir, NOW)  # 06:00: the alert goes out, the digest is not due yet
+    assert [m["Subject"] for m in smtp.sink.messages()] == [SUBJECT]
+    _, delivered = run_cycle(store, config_dir, NOW + timedelta(hours=2))
+    assert delivered.digest == "Stancewatch digest 2023-06-03: 1 stance shift"
+    for later in (NOW + timedelta(hours=3), NOW + timedelta(hours=12)):
+        _, delivered = run_cycle(store, config_dir, later)
+        assert delivered.digest is None
+    messages = smtp.sink.messages()
+    assert len(messages) == 2
+    digest = messages[1]
+    assert digest["To"] == "editor@example.org"
+    body = digest.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert SUBJECT in body and "delivery: sent" in body
+    # The digest's own bookkeeping is not an alert.
+    assert len(alert_docs(store)) == 1
