@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -75,8 +76,14 @@ class _Robots:
 
 
 def extract_text(html: bytes, url: str) -> str | None:
-    """The main text of an article page (trafilatura), or None."""
-    import trafilatura
+    """The main text of an article page (trafilatura), or None.
+
+    trafilatura only extracts here: pages are always fetched by our guarded client.
+    """
+    with warnings.catch_warnings():
+        # Its (unused) downloader imports urllib3's SOCKS support, which warns without PySocks.
+        warnings.simplefilter("ignore")
+        import trafilatura
 
     try:
         text = trafilatura.extract(
@@ -85,7 +92,9 @@ def extract_text(html: bytes, url: str) -> str | None:
             include_comments=False,
             include_tables=False,
             favor_precision=True,
-            deduplicate=True,
+            # trafilatura's deduplication remembers text across calls in this process:
+            # the second outlet carrying the same wire story would come back empty.
+            deduplicate=False,
         )
     except Exception:  # a broken page must not stop the run
         log.debug("trafilatura failed on %s", url, exc_info=True)
