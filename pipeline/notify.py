@@ -760,6 +760,8 @@ def deliver(store: AlertStore, config: AppConfig, *, now: datetime) -> DeliveryR
                 _save(store, failure.alert)
                 result.failed += 1
                 result.errors.append(f"{alert.id}: {failure.error}")
+                if failure.alert.attempts < settings.max_attempts:
+                    result.pending += 1
                 if failure.error.connection:
                     retryable = [
                         a
@@ -769,8 +771,6 @@ def deliver(store: AlertStore, config: AppConfig, *, now: datetime) -> DeliveryR
                     ]
                     result.pending += len(retryable)
                     break
-                if failure.alert.attempts < settings.max_attempts:
-                    result.pending += 1
                 continue
             _save(store, sent)
             result.sent += 1

@@ -350,6 +350,7 @@ def test_smtp_outage_keeps_alerts_due_and_sends_once_when_back(
     smtp.stop()
     found, delivered = run_cycle(store, config_dir, NOW)
     assert len(found.new) == 1 and delivered.sent == 0 and delivered.failed == 1
+    assert delivered.pending == 1  # retryable
     ((alert_id, doc),) = alert_docs(store).items()
     assert doc["status"] == "failed" and doc["attempts"] == 1
     assert "connection refused" in doc["status_reason"]
@@ -514,3 +515,25 @@ def test_daily_digest_once_a_day_after_its_hour(
     assert SUBJECT in body and "delivery: sent" in body
     # The digest's own bookkeeping is not an alert.
     assert len(alert_docs(store)) == 1
+
+
+def test_after_max_attempts_only_an_explicit_resend_delivers(
+    store: Store, smtp: SmtpServer, config_dir: Path
+) -> None:
+    from pipeline.notify import resend
+
+    text = (config_dir / "alerts.yaml").read_text().replace("max_attempts: 8", "max_attempts: 2")
+    (config_dir / "alerts.yaml").write_text(text)
+    write(store, timeline())
+    smtp.stop()
+    run_cycle(store, config_dir, NOW)
+    _, delivered = run_cycle(store, config_dir, NOW + timedelta(hours=1))
+    assert delivered.failed == 1 and delivered.pending == 0  # second and last try
+    smtp.start()
+    _, delivered = run_cycle(store, config_dir, NOW + timedelta(hours=2))
+    assert delivered.sent == 0 and delivered.failed == 0 and smtp.sink.received == []
+    ((alert_id, doc),) = alert_docs(store).items()
+    assert doc["status"] == "failed" and doc["attempts"] == 2
+    sent = resend(store, app_config(config_dir), alert_id, now=NOW + timedelta(hours=3))
+    assert sent.status == "sent" and len(smtp.sink.received) == 1
+    assert alert_docs(store)[alert_id]["status"] == "sent"
