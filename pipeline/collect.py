@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -276,7 +276,16 @@ async def _collect(
 ) -> CollectResult:
     settings = config.settings
     processes = _parse_processes(settings, len(feeds))
-    pool = _make_pool(processes) if processes > 1 else None
+    # Parsing never runs on the event loop's thread: a 20 ms feedparser call (or the
+    # one-second language-model load) there would stall every connection in flight and
+    # fire their timeouts. One thread when in-process, a process pool for big polls.
+    pool: Executor = (
+        _make_pool(processes)
+        if processes > 1
+        else ThreadPoolExecutor(max_workers=1, thread_name_prefix="stancewatch-parse")
+    )
+    if feeds:
+        await asyncio.get_running_loop().run_in_executor(pool, _warm_worker)
     warnings: list[str] = []
     try:
         async with Fetcher(settings.fetch) as fetcher:
@@ -295,8 +304,7 @@ async def _collect(
             if enrich and settings.enrich.enabled:
                 fresh, enrich_report = await _enrich(fetcher, config, feeds, fresh)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
     reports, new_states = _reports_and_states(outcomes, articles, status, states, now, settings)
     return CollectResult(
         articles=fresh,
@@ -348,7 +356,7 @@ class _progress:
 
 async def _poll(
     fetcher: Fetcher,
-    pool: Executor | None,
+    pool: Executor,
     config: AppConfig,
     feed: FeedConfig,
     state: FeedState | None,
@@ -375,11 +383,8 @@ async def _poll(
             config.settings.max_future_minutes,
         )
         try:
-            if pool is not None:
-                loop = asyncio.get_running_loop()
-                parsed = await loop.run_in_executor(pool, parse_and_normalize, *args)
-            else:
-                parsed = parse_and_normalize(*args)
+            loop = asyncio.get_running_loop()
+            parsed = await loop.run_in_executor(pool, parse_and_normalize, *args)
         except BrokenProcessPool:
             log.warning("parse worker died on feed %s; parsing it in this process", feed.id)
             parsed = parse_and_normalize(*args)
