@@ -469,3 +469,37 @@ def test_articles_from_records() -> None:
     again = articles_from_records(records, now=NOW, lookup=MemoryLookup(first.articles))
     assert again.articles == [] and again.unchanged == 2
     json.dumps(first.model_dump(mode="json"))  # JSON-safe for the runner's summary
+
+
+# --------------------------------------------------------------------------------- CLI
+
+
+def test_feeds_check_and_list_commands(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    config_dir = tmp_path / "cfg"
+    config_dir.mkdir()
+    for name in ("eastern-europe-wire.rss.xml", "billion-laughs.xml"):
+        (config_dir / name).write_bytes((FIXTURES / name).read_bytes())
+    (config_dir / "feeds.yaml").write_text(
+        "feeds:\n"
+        "  - {id: eew, url: eastern-europe-wire.rss.xml, name: Eastern Europe Wire}\n"
+        "  - {id: laughs, url: billion-laughs.xml}\n",
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    listed = runner.invoke(app, ["feeds", "list", "--config", str(config_dir)])
+    assert listed.exit_code == 0 and "eastern-" in listed.output and "laughs" in listed.output
+    checked = runner.invoke(app, ["feeds", "check", "--config", str(config_dir), "--json"])
+    assert checked.exit_code == 1  # one feed failed
+    reports = {r["feed_id"]: r for r in map(json.loads, checked.output.splitlines())}
+    assert reports["eew"]["ok"] and reports["eew"]["items"] == 5
+    assert not reports["laughs"]["ok"]
+    assert reports["laughs"]["error"].startswith("hostile_xml: DOCTYPE declares 10 entity")
+    only_good = runner.invoke(
+        app, ["feeds", "check", "-c", str(config_dir), "-f", "eew", "-n", "1"]
+    )
+    assert only_good.exit_code == 0, only_good.output
+    assert "Foreign ministers agree to resume prisoner-exchange talks" in only_good.output

@@ -1,9 +1,140 @@
-"""Commands for this area (filled in as the stage lands)."""
+"""Feed commands: ``stancewatch feeds list`` and ``stancewatch feeds check``.
+
+``check`` fetches and parses the configured feeds right now, without Elasticsearch, and
+shows what each one gave: status, items, problems. It is how a user validates a new
+``feeds.yaml`` before the first real run (exit code 1 when a feed failed, so it also works
+in CI). The store-backed health view (``feeds health``: state kept across runs, back-off,
+last success) belongs here too and registers on :data:`feeds_app` (see ``register``).
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from pipeline.config import AppConfig
+
+console = Console()
+
+CONFIG_OPTION = typer.Option(
+    None,
+    "--config",
+    "-c",
+    help="Config directory (default: $STANCEWATCH_CONFIG or the project's config/).",
+    show_default=False,
+)
+
+feeds_app = typer.Typer(
+    help="The configured feeds: list them, check them now, see their health.",
+    no_args_is_help=True,
+)
+
+
+@feeds_app.command("list")
+def list_feeds(config_dir: Path | None = CONFIG_OPTION) -> None:
+    """List the feeds of feeds.yaml (disabled ones greyed out)."""
+    config = AppConfig(config_dir)
+    feeds = config.feeds
+    table = Table(title=f"{len(feeds)} feeds in {config.config_dir / 'feeds.yaml'}")
+    for column in ("id", "name", "url", "lang", "country", "full text", "poll"):
+        table.add_column(column, overflow="fold")
+    for feed in feeds:
+        table.add_row(
+            escape(feed.id),
+            escape(feed.display_name),
+            escape(feed.url),
+            feed.language or "",
+            feed.country or "",
+            "yes" if feed.full_text else "",
+            f"{feed.poll_minutes} min",
+            style=None if feed.enabled else "dim",
+        )
+    console.print(table)
+
+
+@feeds_app.command("check")
+def check_feeds(
+    config_dir: Path | None = CONFIG_OPTION,
+    feed: list[str] = typer.Option(
+        [], "--feed", "-f", help="Only this feed id (repeatable). Default: all enabled feeds."
+    ),
+    show_items: int = typer.Option(
+        0, "--items", "-n", min=0, help="Also print the first N titles of each feed."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON report per feed instead."),
+) -> None:
+    """Fetch and parse feeds now (no Elasticsearch) and report what each one gave.
+
+    Nothing is stored and no article page is fetched. Exit code 1 when a feed failed.
+    """
+    from pipeline.collect import collect
+    from pipeline.models import utcnow
+
+    config = AppConfig(config_dir)
+    config.validate()
+    result = collect(
+        config,
+        states={},
+        lookup=None,
+        now=utcnow(),
+        feed_ids=feed or None,
+        progress=not as_json,
+        enrich=False,
+    )
+    if as_json:
+        for report in result.feed_reports:
+            typer.echo(json.dumps(report.model_dump(mode="json", exclude={"next_due"})))
+    else:
+        table = Table(title="Feed check")
+        for column in ("feed", "result", "HTTP", "items", "time", "problems"):
+            table.add_column(column, overflow="fold")
+        for report in result.feed_reports:
+            if report.ok:
+                verdict = "[green]not modified[/]" if report.not_modified else "[green]ok[/]"
+            else:
+                verdict = f"[red]failed ({report.failure_kind})[/]"
+            notes = ([f"[red]{escape(report.error)}[/]"] if report.error else []) + [
+                escape(p) for p in report.problems if not report.error or p not in report.error
+            ]
+            table.add_row(
+                escape(report.feed_id),
+                verdict,
+                str(report.status or ""),
+                str(report.items),
+                f"{report.elapsed_s:.1f} s",
+                "\n".join(notes),
+            )
+        console.print(table)
+        if show_items:
+            by_feed: dict[str, list[str]] = {}
+            for article in result.articles:
+                by_feed.setdefault(article.source.feed_id or "", []).append(article.title)
+            for report in result.feed_reports:
+                titles = by_feed.get(report.feed_id, [])[:show_items]
+                if titles:
+                    console.print(f"[bold]{escape(report.feed_id)}[/]")
+                    for title in titles:
+                        console.print(f"  • {escape(title)}", highlight=False)
+        failed = sum(1 for r in result.feed_reports if not r.ok)
+        console.print(
+            f"{len(result.feed_reports) - failed} ok, {failed} failed; "
+            f"{len(result.articles)} articles "
+            f"({result.duplicates_in_batch} duplicate URLs across feeds)",
+            highlight=False,
+        )
+    if any(not r.ok for r in result.feed_reports):
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add ``stancewatch feeds ...`` to the root app.
+
+    The store-backed ``feeds health`` command is added to ``feeds_app`` by its owner
+    (it reads FeedState documents from the feeds index) before this registration runs.
+    """
+    app.add_typer(feeds_app, name="feeds")
