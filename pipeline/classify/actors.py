@@ -84,6 +84,9 @@ _AUXILIARIES = frozenset(
     remains remained has have had does did do"""
     )
 )
+_AFTER_INVERSION = _words(
+    "on in at during after before who when late earlier today yesterday last this in a the"
+)
 _PREPOSITIONS = _words("to of for with by from about against between among at in into")
 _BEFORE_SPEAKER = ("said", "says", "added", "wrote", "according to", "quoted", "asked", "insisted")
 _PRONOUNS_PERSON = {"he": "person", "she": "person"}
@@ -118,6 +121,14 @@ _TITLE_WORDS = frozenset(
     )
 )
 _QUOTE_CHARS = '"“”'
+_DEMONYMS = _words(
+    """azerbaijani armenian ukrainian russian israeli palestinian iranian sudanese congolese
+    rwandan ethiopian eritrean colombian serbian kosovar cypriot venezuelan guyanese moroccan
+    sahrawi georgian moldovan burmese yemeni turkish chinese indian brazilian american british
+    french german european qatari egyptian saudi emirati lebanese syrian tigrayan greek slovak
+    hungarian polish finnish swiss dutch italian spanish belarusian western eastern northern
+    southern senior former acting deputy"""
+)
 
 
 @dataclass(frozen=True)
@@ -180,8 +191,16 @@ def normalise_name(text: str) -> str:
 class ActorResolver:
     """Finds actor mentions and speakers in one article (see the module docstring)."""
 
-    def __init__(self, actors: Sequence[ActorConfig], *, use_ner: bool = True) -> None:
+    def __init__(
+        self,
+        actors: Sequence[ActorConfig],
+        *,
+        use_ner: bool = True,
+        exclude: Sequence[str] = (),
+    ) -> None:
+        """``exclude``: names that are never unconfigured actors (territories, places)."""
         self.actors = {a.name: a for a in actors}
+        self.excluded = {fold(x).casefold() for x in exclude}
         self._matcher: PhraseMatcher[_Entry] = PhraseMatcher()
         self._surnames: dict[str, str] = {}
         for a in actors:
@@ -194,9 +213,14 @@ class ActorResolver:
                 )
             if a.kind == "person":
                 for alias in [a.name, *a.aliases]:
-                    for word in fold(alias).split():
-                        if len(word) >= 6 and word[0].isupper() and word.isalpha():
-                            self._surnames.setdefault(word.casefold(), a.name)
+                    word = fold(alias).split()[-1]
+                    if (
+                        len(word) >= 6
+                        and word[0].isupper()
+                        and word.isalpha()
+                        and word.casefold() not in _TITLE_WORDS
+                    ):
+                        self._surnames.setdefault(word.casefold(), a.name)
         self._surname_keys = list(self._surnames)
         # Any configured phrase (speaker aliases included) is never an "unconfigured" name.
         self._known_phrases = {
@@ -339,19 +363,20 @@ class ActorResolver:
                 if any(s < end and start < e for s, e in taken):
                     continue
                 name = normalise_name(ent.text)
-                if not name or name.casefold() in _MEDIA or len(name) < 3:
-                    continue
-                if fold(name).casefold() in self._known_phrases or name.islower():
+                if not self._plausible_name(name, ent.label_):
                     continue
                 if ent.label_ == "NORP":
                     continue  # "Ukrainian", "Russian": adjectives, not actors
                 kind = "person" if ent.label_ == "PERSON" else "organisation"
-                if kind == "person":
-                    parts = name.split()
-                    if len(parts) >= 2:
-                        surnames[parts[-1]] = name
-                    elif name in surnames:
-                        name = surnames[name]
+                parts = name.split()
+                if kind == "person" and len(parts) >= 2:
+                    surnames[parts[-1]] = name
+                elif len(parts) == 1:
+                    # One capitalised word is too often a place or a demonym that the small
+                    # NER model mislabels: keep it only as the surname of a named person.
+                    if name not in surnames:
+                        continue
+                    name, kind = surnames[name], "person"
                 first = tok_at.get(start)
                 speaker = False
                 if first is not None:
@@ -366,6 +391,26 @@ class ActorResolver:
                 )
                 taken.append((start, end))
         return out
+
+    def _plausible_name(self, name: str, label: str) -> bool:
+        """Filters NER output that is not an actor: media, places, datelines, demonyms."""
+        if not name or len(name) < 3 or name.islower():
+            return False
+        folded = fold(name).casefold()
+        if folded in _MEDIA or folded in self._known_phrases or folded in self.excluded:
+            return False
+        words = name.split()
+        if any(w.isupper() and len(w) >= 3 for w in words[:-1]) or (
+            len(words) == 1 and name.isupper() and label == "PERSON"
+        ):
+            return False  # "BRATISLAVA - Slovak", "WIN"
+        if any(w.casefold().strip(".,") in _DEMONYMS for w in words[:1]):
+            return False
+        if "-" in name and any(
+            fold(part).casefold() in self._known_phrases for part in name.split("-")
+        ):
+            return False  # "Trump-Putin summit"
+        return not any(ch in name for ch in '"“”:;/')
 
     def _link_pronouns(
         self,
@@ -470,8 +515,14 @@ def _speaker_position(
 ) -> bool:
     """Is the span the subject of a speech/stance verb, or the source of a quote?"""
     sent = sent_of[first]
-    if first > 0 and tokens[first - 1].text.casefold() in _PREPOSITIONS | {"that"}:
+    prev = tokens[first - 1].text.casefold() if first > 0 else ""
+    according = first > 1 and tokens[first - 2].text.casefold() == "according"
+    if prev in _PREPOSITIONS | {"that"} and not according:
         return False  # "chief of staff to the secretary general", "talks with Moscow"
+    if prev in SPEECH_VERBS and last < len(tokens) and sent_of[last] == sent:
+        nxt = tokens[last].text.casefold()
+        if nxt in _AUXILIARIES or nxt in SPEECH_VERBS or nxt in STANCE_WORDS:
+            return False  # "said Kyiv would not ...": reported speech, not the speaker
     # After: "X said", "X has repeatedly rejected", "X, the foreign minister, said",
     # "X is not ready to ...", "X will never accept ...".
     k = last
@@ -497,9 +548,17 @@ def _speaker_position(
             break
         steps += 1
         k += 1
-    # Before: "said X", "according to X".
+    # Before: "..., said X." / "according to X" - but "said Kyiv would ..." is reported
+    # speech whose subject is not the speaker.
     before = " ".join(t.text.casefold() for t in tokens[max(0, first - 3) : first])
-    return any(before.endswith(p) for p in _BEFORE_SPEAKER) and sent_of[max(0, first - 1)] == sent
+    if not any(before.endswith(p) for p in _BEFORE_SPEAKER) or sent_of[max(0, first - 1)] != sent:
+        return False
+    if last < len(tokens) and sent_of[last] == sent:
+        nxt = tokens[last].text
+        # The inverted attribution ends its clause: '..., said Lavrov.' / 'said Lavrov on
+        # Monday' / 'said Ukrainian President Volodymyr Zelenskyy'.
+        return not nxt[:1].isalnum() or nxt[:1].isupper() or nxt.casefold() in _AFTER_INVERSION
+    return True
 
 
 def _attribute_quotes(mentions: list[ActorMention], sentences: Sequence[Sentence]) -> ActorAnalysis:

@@ -134,8 +134,10 @@ class LocalClassifier(Classifier):
     ) -> list[ClassifiedText]:
         topic_probs: list[np.ndarray] = []
         sentence_scores: list[np.ndarray] = []
-        for enc in encoded:
-            probs, sent = self.topic_model.predict(enc.article, enc.sentences, enc.seen)
+        for p, enc in zip(prepared, encoded, strict=True):
+            probs, sent = self.topic_model.predict(
+                enc.article, enc.sentences, enc.seen, p.text, [s.text for s in p.sentences]
+            )
             topic_probs.append(probs)
             sentence_scores.append(sent)
         labels = [probs >= self.topic_model.thresholds for probs in topic_probs]
@@ -193,8 +195,8 @@ class LocalClassifier(Classifier):
         jobs = [(i, j) for i in relevant for j, ok in enumerate(encoded[i].seen) if not ok]
         if not jobs:
             return
-        vecs = self.encoder.encode([prepared[i].sentences[j].text for i, j in jobs])
-        scores = self.topic_model.sentence_scores(vecs)
+        texts = [prepared[i].sentences[j].text for i, j in jobs]
+        scores = self.topic_model.sentence_scores(self.encoder.encode(texts), texts)
         for (i, j), row in zip(jobs, scores, strict=True):
             sentence_scores[i][j] = row
 
@@ -205,40 +207,14 @@ class LocalClassifier(Classifier):
         labels: Sequence[np.ndarray],
         relevant: Sequence[int],
     ) -> list[ActorAnalysis]:
-        """Gazetteer for all items; spaCy NER only on topic sentences of relevant ones.
-
-        NER costs about as much as the encoder per sentence, so it reads only the sentences
-        that can carry a stance; elsewhere configured actors are found by the gazetteer.
-        """
-        ner_sentences: dict[int, list[int]] = {}
-        if self.use_ner:
-            floor = self.stance_model.floor
-            for i in relevant:
-                topics = [k for k in range(len(TOPICS)) if labels[i][k]]
-                sc = sentence_scores[i]
-                ner_sentences[i] = [
-                    j for j in range(len(sc)) if any(sc[j, k] >= floor for k in topics)
-                ]
-        flat = [(i, j) for i, js in ner_sentences.items() for j in js]
-        docs: dict[tuple[int, int], Any] = {}
-        if flat:
-            nlp = self.resolver.nlp()
-            texts = [prepared[i].sentences[j].text for i, j in flat]
-            for key, doc in zip(flat, nlp.pipe(texts, batch_size=64), strict=True):
-                docs[key] = doc
-        out: list[ActorAnalysis] = []
-        for i, p in enumerate(prepared):
-            idx = ner_sentences.get(i) or None
-            out.append(
-                self.resolver.analyse(
-                    p.text,
-                    p.sentences,
-                    p.item.published,
-                    ner_sentences=idx,
-                    ner_docs=[docs[(i, j)] for j in idx] if idx else None,
-                )
-            )
-        return out
+        return analyse_actors(
+            self.resolver,
+            prepared,
+            sentence_scores,
+            labels,
+            floor=self.stance_model.floor,
+            use_ner=self.use_ner,
+        )
 
     def _stances(
         self,
@@ -267,9 +243,11 @@ class LocalClassifier(Classifier):
                 decide_stances(
                     prepared[i],
                     cands,
+                    sentence_scores[i],
                     self.stance_model.sentence_probs(
                         vecs[[index[c.marked] for c in cands]] if cands else vecs[:0],
                         [c.topic for c in cands],
+                        [c.marked for c in cands],
                     ),
                     topic_probs[i],
                     self.stance_model,
@@ -278,9 +256,53 @@ class LocalClassifier(Classifier):
         return out
 
 
+def analyse_actors(
+    resolver: ActorResolver,
+    prepared: Sequence[Prepared],
+    sentence_scores: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    floor: float,
+    use_ner: bool = True,
+) -> list[ActorAnalysis]:
+    """Gazetteer for all items; spaCy NER only on topic sentences of relevant ones.
+
+    NER costs about as much as the encoder per sentence, so it reads only the sentences
+    that can carry a stance; elsewhere configured actors are found by the gazetteer.
+    """
+    ner_sentences: dict[int, list[int]] = {}
+    if use_ner:
+        for i, lab in enumerate(labels):
+            topics = [k for k in range(len(TOPICS)) if lab[k]]
+            if not topics:
+                continue
+            sc = sentence_scores[i]
+            ner_sentences[i] = [j for j in range(len(sc)) if any(sc[j, k] >= floor for k in topics)]
+    flat = [(i, j) for i, js in ner_sentences.items() for j in js]
+    docs: dict[tuple[int, int], Any] = {}
+    if flat:
+        texts = [prepared[i].sentences[j].text for i, j in flat]
+        for key, doc in zip(flat, resolver.nlp().pipe(texts, batch_size=64), strict=True):
+            docs[key] = doc
+    out: list[ActorAnalysis] = []
+    for i, p in enumerate(prepared):
+        idx = ner_sentences.get(i) or None
+        out.append(
+            resolver.analyse(
+                p.text,
+                p.sentences,
+                p.item.published,
+                ner_sentences=idx,
+                ner_docs=[docs[(i, j)] for j in idx] if idx else None,
+            )
+        )
+    return out
+
+
 def decide_stances(
     prepared: Prepared,
     cands: Sequence[Candidate],
+    sentence_scores: np.ndarray,
     probs: np.ndarray,
     topic_probs: np.ndarray,
     model: StanceModel,
@@ -290,7 +312,14 @@ def decide_stances(
     for (actor, topic), members in group_pairs(cands).items():
         group = [cands[k] for k in members]
         gprobs = probs[members]
-        feats = pair_features(group, gprobs, float(topic_probs[topic]), len(prepared.sentences))
+        feats = pair_features(
+            group,
+            gprobs,
+            float(topic_probs[topic]),
+            len(prepared.sentences),
+            sentence_scores,
+            topic,
+        )
         if model.pair_prob(feats) < model.pair_threshold:
             continue
         stance, score, ev = aggregate(group, gprobs)
@@ -328,6 +357,11 @@ def load_artifacts(directory: Path) -> tuple[TopicModel, StanceModel, dict[str, 
     return TopicModel.from_arrays(arrays), StanceModel.from_arrays(arrays), manifest
 
 
+def territory_names(config: AppConfig) -> list[str]:
+    """Place names that NER must not report as unconfigured actors."""
+    return [n for t in config.territories for n in [t.name, *t.aliases]]
+
+
 def load_local(config: AppConfig, encoder: Encoder | None = None) -> LocalClassifier:
     settings = config.settings.classifier
     topic_model, stance_model, manifest = load_artifacts(artifacts_dir(settings))
@@ -341,7 +375,7 @@ def load_local(config: AppConfig, encoder: Encoder | None = None) -> LocalClassi
         enc,
         topic_model,
         stance_model,
-        ActorResolver(config.actors),
+        ActorResolver(config.actors, exclude=territory_names(config)),
         TerritoryGazetteer(config.territories),
         version=str(manifest.get("version", "0")),
     )

