@@ -30,8 +30,8 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 
-from pipeline.config import AppConfig, FeedConfig, Settings
-from pipeline.dedup import DedupRecord, cluster_near_duplicates, unique_by_id
+from pipeline.config import AppConfig, DedupSettings, FeedConfig, Settings
+from pipeline.dedup import DedupRecord, cluster_near_duplicates, text_signature, unique_by_id
 from pipeline.enrich import EnrichReport
 from pipeline.feed_state import is_due, update_state
 from pipeline.fetch import Fetcher
@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 POOL_MIN_FEEDS = 40
 #: At most this many parse processes in auto mode.
 POOL_MAX_PROCESSES = 8
+#: Items of a feed whose detected language must match the declared one before the
+#: declaration is trusted for the rest of the feed (see ``parse_and_normalize``).
+LANGUAGE_SAMPLE = 3
 
 T = TypeVar("T")
 
@@ -123,6 +126,7 @@ class FeedParseOutput:
     problems: list[FeedProblem] = field(default_factory=list)
     items: int = 0
     title: str | None = None
+    signatures: dict[str, Any] = field(default_factory=dict)  # id -> MinHash values | None
 
 
 def parse_and_normalize(
@@ -133,8 +137,13 @@ def parse_and_normalize(
     base_url: str | None,
     now: datetime,
     max_future_minutes: int,
+    dedup: DedupSettings | None = None,
 ) -> FeedParseOutput:
-    """One feed document -> articles and problems. Runs in a worker process when pooled."""
+    """One feed document -> articles and problems. Runs in a worker process when pooled.
+
+    With ``dedup`` settings it also computes each article's MinHash signature, the costly
+    half of near-duplicate clustering, so that it runs in parallel with the fetching.
+    """
     parsed = parse_feed(
         feed.id,
         content,
@@ -147,14 +156,34 @@ def parse_and_normalize(
         problems=list(parsed.problems), items=len(parsed.items), title=parsed.title
     )
     bad: dict[str, int] = {}
+    # Language detection is the costliest step of normalising (about a third). A feed
+    # that declares its language is checked on its first few items; when they all confirm
+    # it, the declaration is trusted for the rest of the document.
+    trusted: str | None = None
+    confirmed = 0
+    distrusted = False
     for item in parsed.items:
         try:
-            out.articles.append(
-                normalize_item(item, feed, now=now, max_future_minutes=max_future_minutes)
+            article = normalize_item(
+                item,
+                feed,
+                now=now,
+                max_future_minutes=max_future_minutes,
+                trusted_language=trusted if item.language in (None, trusted) else None,
             )
         except NormalizeError as exc:
             reason = str(exc).split(":")[0]
             bad[reason] = bad.get(reason, 0) + 1
+            continue
+        out.articles.append(article)
+        declared = (item.language or "").split("-")[0]
+        if trusted is None and not distrusted and declared:
+            if article.language != declared:
+                distrusted = True  # a feed that mislabels one item is checked item by item
+            else:
+                confirmed += 1
+                if confirmed >= LANGUAGE_SAMPLE:
+                    trusted = declared
     for reason, count in bad.items():
         out.problems.append(
             FeedProblem(
@@ -163,6 +192,10 @@ def parse_and_normalize(
                 message=f"{count} item{'s' if count > 1 else ''} skipped: {reason}",
             )
         )
+    if dedup is not None:
+        out.signatures = {
+            a.id: text_signature(a.title, a.summary, a.body, dedup) for a in out.articles
+        }
     future = sum(1 for a in out.articles if "future_clamped" in a.date_flags)
     if future:
         out.problems.append(
@@ -299,7 +332,11 @@ async def _collect(
             articles, dup_in_batch = unique_by_id(a for o in outcomes for a in o.parsed.articles)
             status = _change_status(articles, lookup, warnings)
             fresh = [a for a in articles if status[a.id] != "unchanged"]
-            fresh = _cluster(fresh, lookup, settings, now, warnings)
+            signatures: dict[str, Any] = {}
+            for o in outcomes:
+                for key, value in o.parsed.signatures.items():
+                    signatures.setdefault(key, value)
+            fresh = _cluster(fresh, lookup, settings, now, warnings, signatures)
             enrich_report = EnrichReport()
             if enrich and settings.enrich.enabled:
                 fresh, enrich_report = await _enrich(fetcher, config, feeds, fresh)
@@ -381,6 +418,7 @@ async def _poll(
             result.final_url or url,
             now,
             config.settings.max_future_minutes,
+            config.settings.dedup,
         )
         try:
             loop = asyncio.get_running_loop()
@@ -444,6 +482,7 @@ def _cluster(
     settings: Settings,
     now: datetime,
     warnings: list[str],
+    signatures: Mapping[str, Any] | None = None,
 ) -> list[Article]:
     if not articles:
         return articles
@@ -456,7 +495,7 @@ def _cluster(
         except Exception as exc:
             log.warning("recent-article lookup failed: %s", exc)
             warnings.append(f"recent-article lookup failed ({exc}); clustered within this run only")
-    return cluster_near_duplicates(articles, recent, settings.dedup)
+    return cluster_near_duplicates(articles, recent, settings.dedup, signatures)
 
 
 async def _enrich(

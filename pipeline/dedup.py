@@ -24,12 +24,14 @@ means comparing what feeds carry.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from pydantic import BaseModel
 
@@ -39,6 +41,8 @@ from pipeline.models import Article
 #: Characters of the body used when an article has no summary (ingested full texts).
 BODY_PREFIX_CHARS = 1500
 _WORDS = re.compile(r"\w+", re.UNICODE)
+#: Candidates from the LSH scored per article at most (see ``best_match``).
+MAX_CANDIDATES = 64
 
 
 class DedupRecord(BaseModel):
@@ -118,6 +122,35 @@ def unique_by_id(articles: Iterable[Article]) -> tuple[list[Article], int]:
     return out, dropped
 
 
+@functools.cache
+def _seed_minhash(num_perm: int) -> MinHash:
+    """The permutations every signature of a run shares (made once per process)."""
+    return MinHash(num_perm=num_perm, seed=1)
+
+
+def text_signature(
+    title: str, summary: str, body: str, settings: DedupSettings
+) -> np.ndarray | None:
+    """MinHash values of an article's text, or None when it is too short to cluster safely.
+
+    A plain array so that parse workers can compute it next to the parsing (it is most of
+    the cost of clustering) and send it back cheaply.
+    """
+    size = settings.shingle_words
+    text = dedup_text(summary, body)
+    grams = shingles(text, size)
+    if len(grams) < settings.min_shingles:
+        # Too little text to go by: the headline has to help after all.
+        grams = shingles(f"{title} {text}", size)
+    if len(grams) < settings.min_shingles:
+        return None
+    seed = _seed_minhash(settings.num_perm)
+    mh = MinHash(num_perm=settings.num_perm, permutations=seed.permutations, scheme=seed.scheme)
+    mh.update_batch([g.encode("utf-8") for g in grams])
+    values: np.ndarray = mh.hashvalues
+    return values
+
+
 @dataclass
 class _Entry:
     id: str
@@ -127,7 +160,7 @@ class _Entry:
 
 
 class NearDuplicateIndex:
-    """MinHash LSH over recent articles; :meth:`assign` clusters one article at a time."""
+    """MinHash LSH over recent articles, queried one article at a time."""
 
     def __init__(self, settings: DedupSettings) -> None:
         self.settings = settings
@@ -138,26 +171,16 @@ class NearDuplicateIndex:
             threshold=max(0.2, settings.near_duplicate_threshold - 0.15),
             num_perm=settings.num_perm,
         )
-        self._seed = MinHash(num_perm=settings.num_perm, seed=1)
+        self._scheme = _seed_minhash(settings.num_perm).scheme
         self._entries: dict[str, _Entry] = {}
+
+    def lean(self, values: np.ndarray) -> LeanMinHash:
+        return LeanMinHash(seed=1, hashvalues=values, scheme=self._scheme)
 
     def signature(self, title: str, summary: str, body: str = "") -> LeanMinHash | None:
         """MinHash of a text, or None when it is too short to cluster safely."""
-        size = self.settings.shingle_words
-        text = dedup_text(summary, body)
-        grams = shingles(text, size)
-        if len(grams) < self.settings.min_shingles:
-            # Too little text to go by: the headline has to help after all.
-            grams = shingles(f"{title} {text}", size)
-        if len(grams) < self.settings.min_shingles:
-            return None
-        mh = MinHash(
-            num_perm=self.settings.num_perm,
-            permutations=self._seed.permutations,
-            scheme=self._seed.scheme,
-        )
-        mh.update_batch([g.encode("utf-8") for g in grams])
-        return LeanMinHash(mh)
+        values = text_signature(title, summary, body, self.settings)
+        return None if values is None else self.lean(values)
 
     def add(
         self, record_id: str, published: datetime, cluster_id: str | None, signature: LeanMinHash
@@ -180,42 +203,57 @@ class NearDuplicateIndex:
     def best_match(
         self, signature: LeanMinHash, published: datetime, exclude: str
     ) -> tuple[_Entry, float] | None:
-        """The most similar indexed article within the time window, if similar enough."""
+        """The most similar indexed article within the time window, if similar enough.
+
+        At most :data:`MAX_CANDIDATES` candidates are scored: a story syndicated a thousand
+        times needs one good match, not a thousand comparisons per copy.
+        """
         best: tuple[_Entry, float] | None = None
+        scored = 0
         for key in self._lsh.query(signature):
             entry = self._entries.get(key)
             if entry is None or entry.id == exclude:
                 continue
             if abs(entry.published - published) > self.window:
                 continue
+            scored += 1
             similarity = float(signature.jaccard(entry.signature))
-            if similarity < self.settings.near_duplicate_threshold:
-                continue
-            if (
+            if similarity >= self.settings.near_duplicate_threshold and (
                 best is None
                 or similarity > best[1]
                 or (similarity == best[1] and entry.published < best[0].published)
             ):
                 best = (entry, similarity)
+            if scored >= MAX_CANDIDATES:
+                break
         return best
 
 
 def cluster_near_duplicates(
-    articles: Sequence[Article], recent: Iterable[DedupRecord], settings: DedupSettings
+    articles: Sequence[Article],
+    recent: Iterable[DedupRecord],
+    settings: DedupSettings,
+    signatures: Mapping[str, np.ndarray | None] | None = None,
 ) -> list[Article]:
     """Articles with ``cluster_id`` / ``duplicate_of`` set, in the order given.
 
     ``recent`` are stored articles from the window (their own cluster ids are kept).
     Articles of this batch are taken oldest first, so the first copy of a story founds
-    its cluster and later copies join it.
+    its cluster and later copies join it. ``signatures`` (article id -> values of
+    :func:`text_signature`) saves recomputing those the parse workers already made.
     """
     index = NearDuplicateIndex(settings)
     batch_ids = {a.id for a in articles}
     # A stored version of an article in this batch is replaced by the new version.
     index.add_records(r for r in recent if r.id not in batch_ids)
+    known = signatures or {}
     updated: dict[str, Article] = {}
     for article in sorted(articles, key=lambda a: (a.published, a.id)):
-        sig = index.signature(article.title, article.summary, article.body)
+        if article.id in known:
+            values = known[article.id]
+            sig = None if values is None else index.lean(values)
+        else:
+            sig = index.signature(article.title, article.summary, article.body)
         if sig is None:
             updated[article.id] = article.model_copy(
                 update={"cluster_id": None, "duplicate_of": None}

@@ -21,6 +21,7 @@ then: nothing legitimate serves a feed there.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import ssl
@@ -220,7 +221,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def _ssl_context() -> ssl.SSLContext:
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """One verified TLS context for every pool: loading the CA bundle takes ~40 ms, and a
+    run may open pools for hundreds of hosts."""
     try:
         import certifi
 
@@ -229,7 +233,9 @@ def _ssl_context() -> ssl.SSLContext:
         return ssl.create_default_context()
 
 
-def guarded_transport(policy: AddressPolicy, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+def guarded_transport(
+    policy: AddressPolicy, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None
+) -> httpx.AsyncHTTPTransport:
     """An httpx transport whose every connection goes through :class:`GuardedBackend`.
 
     httpx does not take a network backend as an argument, so the connection pool it made
@@ -237,9 +243,10 @@ def guarded_transport(policy: AddressPolicy, limits: httpx.Limits) -> httpx.Asyn
     this replacement still takes effect, so an httpx upgrade that changes it fails loudly.
     Environment proxies are not used: through a proxy we could not vet the target address.
     """
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    context = ssl_context or shared_ssl_context()
+    transport = httpx.AsyncHTTPTransport(verify=context, limits=limits, trust_env=False)
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=_ssl_context(),
+        ssl_context=context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,

@@ -41,7 +41,7 @@ MAX_TITLE_CHARS = 500
 MIN_DETECT_CHARS = 40
 #: Characters of title + summary the detector reads (cost grows with length, accuracy
 #: stops improving long before).
-DETECT_CHARS = 600
+DETECT_CHARS = 300
 
 # ------------------------------------------------------------------------------- URLs
 
@@ -268,8 +268,12 @@ def make_article(
     declared_language: str | None,
     now: datetime,
     max_future_minutes: int,
+    trusted_language: str | None = None,
 ) -> Article:
-    """The one place an Article is built, for fetched items and imported records alike."""
+    """The one place an Article is built, for fetched items and imported records alike.
+
+    ``trusted_language`` skips detection (the feed's declaration was verified already).
+    """
     canonical = canonical_url(url)
     if canonical is None:
         raise NormalizeError(f"not an http(s) URL: {url!r}")
@@ -288,7 +292,9 @@ def make_article(
     when, flags = resolve_published(
         published_raw, published, now=now, max_future_minutes=max_future_minutes
     )
-    language = detect_language(f"{title_text}. {summary_text}", declared_language)
+    language = trusted_language or detect_language(
+        f"{title_text}. {summary_text}", declared_language
+    )
     if source.domain is None:
         source = source.model_copy(update={"domain": url_domain(canonical)})
     return Article(
@@ -310,7 +316,12 @@ def make_article(
 
 
 def normalize_item(
-    item: FeedItem, feed: FeedConfig, *, now: datetime, max_future_minutes: int
+    item: FeedItem,
+    feed: FeedConfig,
+    *,
+    now: datetime,
+    max_future_minutes: int,
+    trusted_language: str | None = None,
 ) -> Article:
     """A parsed feed item as an article; raises :class:`NormalizeError` when unusable."""
     if not item.link:
@@ -333,6 +344,7 @@ def normalize_item(
         declared_language=item.language or feed.language,
         now=now,
         max_future_minutes=max_future_minutes,
+        trusted_language=trusted_language,
     )
 
 

@@ -196,3 +196,21 @@ def test_normalize_record_errors(record: dict[str, object], message: str) -> Non
     with pytest.raises(NormalizeError) as info:
         normalize_record(record, now=NOW, max_future_minutes=10)
     assert str(info.value) == message
+
+
+def test_declared_language_is_trusted_only_after_it_is_confirmed() -> None:
+    from pathlib import Path
+
+    from pipeline.collect import parse_and_normalize
+
+    fixtures = Path(__file__).parent / "fixtures" / "feeds"
+    feed = FeedConfig(id="eew", url="https://x.example/rss", language="en")
+    english = parse_and_normalize(
+        feed, (fixtures / "eastern-europe-wire.rss.xml").read_bytes(), None, None, None, NOW, 10
+    )
+    assert [a.language for a in english.articles] == ["en"] * 5
+    # A Russian feed that claims to be English: detection is never switched off.
+    mislabelled = (fixtures / "ru-windows1251-declared-utf8.rss.xml").read_bytes()
+    mislabelled = mislabelled.replace(b"<language>ru</language>", b"<language>en</language>")
+    russian = parse_and_normalize(feed, mislabelled, None, None, None, NOW, 10)
+    assert [a.language for a in russian.articles] == ["ru"] * 3
