@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import struct
 import sys
 import tempfile
@@ -181,6 +182,7 @@ def main() -> None:
     settings = StoreSettings(bulk_size=args.batch, request_timeout_s=120)
     client = Elasticsearch(url, request_timeout=120)
     prefixes: list[str] = []
+    scratch = Path(tempfile.mkdtemp(prefix="swbench-"))
     raw_rates: list[float] = []
     store_rates: list[float] = []
     try:
@@ -191,8 +193,8 @@ def main() -> None:
                 env = Environment(
                     es_url=url,
                     index_prefix=prefix,
-                    outbox=Path(tempfile.gettempdir()) / "swbench-outbox",
-                    data_dir=Path(tempfile.mkdtemp(prefix="swbench-")),
+                    outbox=scratch / "outbox",
+                    data_dir=scratch / prefix,
                 )
                 with Store(env, settings) as store:
                     store.setup()
@@ -220,6 +222,7 @@ def main() -> None:
                     name=f"{prefix}-{kind}"
                 )
         client.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     raw, mine = sum(raw_rates) / len(raw_rates), sum(store_rates) / len(store_rates)
     print(
         f"\nraw _bulk loop: {raw:,.0f} docs/s   Store.write: {mine:,.0f} docs/s   "
