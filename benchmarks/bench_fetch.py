@@ -222,13 +222,29 @@ async def _fetch_all(urls: list[str], concurrency: int) -> tuple[int, int]:
     return sum(1 for r in results if r.ok), sum(len(r.content or b"") for r in results)
 
 
-def _collect(config: Any) -> tuple[float, int, int]:
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (the parse workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _collect(config: Any) -> dict[str, Any]:
     from pipeline.collect import collect
 
+    cpu = _cpu()
     started = time.perf_counter()
     result = collect(config, states={}, lookup=None, now=datetime(2024, 3, 6, tzinfo=UTC))
     wall = time.perf_counter() - started
-    return wall, len(result.articles), sum(1 for r in result.feed_reports if r.ok)
+    articles = len(result.articles)
+    return {
+        "wall_s": round(wall, 3),
+        "cpu_s": round(_cpu() - cpu, 2),
+        "feeds_ok": sum(1 for r in result.feed_reports if r.ok),
+        "articles": articles,
+        "items_per_s": round(articles / wall, 1),
+        "phases_s": result.timings,
+    }
 
 
 def main() -> int:
@@ -241,6 +257,7 @@ def main() -> int:
     parser.add_argument("--inprocess", action="store_true", help="also collect without a pool")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    load = os.getloadavg()
 
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -258,6 +275,7 @@ def main() -> int:
         "concurrency": args.concurrency,
         "hosts": args.ports,
         "cpus": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load],
     }
     try:
         ports = queue.get(timeout=120)
@@ -265,11 +283,13 @@ def main() -> int:
         ideal = args.feeds * args.latency / args.concurrency
         figures["ideal_s"] = round(ideal, 3)
 
+        cpu = _cpu()
         started = time.perf_counter()
         ok, size = asyncio.run(_fetch_all(urls, args.concurrency))
         fetch_wall = time.perf_counter() - started
         figures["fetch"] = {
             "wall_s": round(fetch_wall, 3),
+            "cpu_s": round(_cpu() - cpu, 2),
             "feeds_ok": ok,
             "mb": round(size / 1e6, 2),
             "ratio_to_ideal": round(ideal / fetch_wall, 3),
@@ -277,24 +297,14 @@ def main() -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             config = _write_config(Path(tmp) / "pool", urls, args.concurrency, 0)
-            wall, articles, feeds_ok = _collect(config)
-            figures["collect"] = {
-                "wall_s": round(wall, 3),
-                "feeds_ok": feeds_ok,
-                "articles": articles,
-                "items_per_s": round(articles / wall, 1),
-                "ratio_to_ideal": round(ideal / wall, 3),
-            }
+            figures["collect"] = _collect(config)
+            figures["collect"]["ratio_to_ideal"] = round(ideal / figures["collect"]["wall_s"], 3)
             if args.inprocess:
                 config = _write_config(Path(tmp) / "inproc", urls, args.concurrency, 1)
-                wall, articles, feeds_ok = _collect(config)
-                figures["collect_inprocess"] = {
-                    "wall_s": round(wall, 3),
-                    "feeds_ok": feeds_ok,
-                    "articles": articles,
-                    "items_per_s": round(articles / wall, 1),
-                    "ratio_to_ideal": round(ideal / wall, 3),
-                }
+                figures["collect_inprocess"] = _collect(config)
+                figures["collect_inprocess"]["ratio_to_ideal"] = round(
+                    ideal / figures["collect_inprocess"]["wall_s"], 3
+                )
     finally:
         stop.set()
         server_rss_kb = None
@@ -324,19 +334,26 @@ def _print(f: dict[str, Any]) -> None:
         f"{f['feeds']} feeds x {f['items_per_feed']} items, {f['latency_s'] * 1000:.0f} ms latency, "
         f"concurrency {f['concurrency']}, {f['hosts']} hosts, {f['cpus']} CPUs"
     )
+    print(
+        "load average before the run (other users of the machine): "
+        + ", ".join(str(x) for x in f["load_average_before"])
+    )
     print(f"ideal (feeds x latency / concurrency): {f['ideal_s']:.2f} s")
     fe = f["fetch"]
     print(
-        f"fetch stage:  {fe['wall_s']:.2f} s, {fe['feeds_ok']} ok, {fe['mb']} MB, "
-        f"ratio to ideal {fe['ratio_to_ideal']:.2f} (aim >= 0.5)"
+        f"fetch stage:  {fe['wall_s']:.2f} s ({fe['cpu_s']:.1f} CPU s), {fe['feeds_ok']} ok, "
+        f"{fe['mb']} MB, ratio to ideal {fe['ratio_to_ideal']:.2f} (aim >= 0.5)"
     )
     for key, label in (("collect", "collect:     "), ("collect_inprocess", "in-process:  ")):
         if key in f:
             c = f[key]
             print(
-                f"{label} {c['wall_s']:.2f} s, {c['articles']} articles, "
+                f"{label} {c['wall_s']:.2f} s ({c['cpu_s']:.1f} CPU s), {c['articles']} articles, "
                 f"{c['items_per_s']:.0f} items/s, ratio to ideal {c['ratio_to_ideal']:.2f}"
                 + (" (aim < 15 s)" if key == "collect" else "")
+            )
+            print(
+                "              phases: " + ", ".join(f"{k} {v}" for k, v in c["phases_s"].items())
             )
     m = f["peak_rss_mb"]
     print(
