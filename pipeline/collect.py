@@ -425,12 +425,21 @@ async def _poll(
 ) -> _Outcome:
     url = config.resolve_feed_url(feed)
     same_url = state is not None and state.url == url
-    result = await fetcher.fetch_feed(
-        feed.id,
-        url,
-        etag=state.etag if same_url and state else None,
-        last_modified=state.last_modified if same_url and state else None,
-    )
+    try:
+        result = await fetcher.fetch_feed(
+            feed.id,
+            url,
+            etag=state.etag if same_url and state else None,
+            last_modified=state.last_modified if same_url and state else None,
+        )
+    except Exception as exc:  # the fetcher reports failures itself; this is the last net
+        log.exception("fetching feed %s failed unexpectedly", feed.id)
+        result = FetchResult(
+            feed_id=feed.id,
+            url=url,
+            error=f"unexpected error ({type(exc).__name__}: {exc})",
+            failure_kind="soft",
+        )
     parsed = FeedParseOutput()
     if result.ok and not result.not_modified:
         args = (

@@ -264,7 +264,11 @@ class Fetcher:
         last_modified: str | None = None,
     ) -> FetchResult:
         """Conditional GET of one feed (http, https or file URL)."""
-        if urlsplit(url).scheme.lower() == "file":
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError:
+            scheme = ""  # get() reports the malformed URL
+        if scheme == "file":
             return await asyncio.to_thread(
                 read_feed_file, feed_id, url, self.settings.max_bytes, last_modified
             )
@@ -329,7 +333,11 @@ class Fetcher:
         # feeds is not this server's fault.
         started: float | None = None
         deadline = float("inf")
-        host_sem = self._host_semaphore(url)
+        try:
+            host_sem = self._host_semaphore(url)
+        except ValueError as exc:
+            result.error, result.failure_kind = f"invalid URL ({exc})", "hard"
+            return result
         assert self._global is not None, "use Fetcher as an async context manager"
         while True:
             result.attempts += 1
@@ -371,6 +379,15 @@ class Fetcher:
                 result.error = f"connection failed ({type(exc).__name__}: {exc or 'no detail'})"
                 result.failure_kind = "temporary"
                 wait = self._retry_wait(None, result.attempts)
+            except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
+                # A malformed URL or redirect target ("http://[broken", a bad port).
+                result.error, result.failure_kind = f"invalid URL ({exc})", "hard"
+                break
+            except Exception as exc:  # one feed must never take the run down
+                log.exception("unexpected error fetching %s", url)
+                result.error = f"unexpected error ({type(exc).__name__}: {exc})"
+                result.failure_kind = "soft"
+                break
             if wait is None or result.attempts > retries:
                 break
             if time.monotonic() + wait >= deadline:

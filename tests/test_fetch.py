@@ -273,6 +273,13 @@ def test_redirect_loop_is_detected(server: HTTPServer) -> None:
     assert len(server.log) == 2
 
 
+def test_malformed_url_is_a_clean_failure() -> None:
+    # The same path a malformed redirect target takes (werkzeug refuses to send one).
+    result = fetch("http://[broken/feed")
+    assert not result.ok and result.failure_kind == "hard"
+    assert result.error == "invalid URL (Invalid IPv6 URL)"
+
+
 def test_redirect_limit(server: HTTPServer) -> None:
     for i in range(10):
         server.expect_request(f"/r{i}").respond_with_data(
