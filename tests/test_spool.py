@@ -475,3 +475,28 @@ def test_private_node_stopped_mid_run_and_restarted_loses_nothing(
             assert counts(store) == expected
     finally:
         node.remove()
+
+
+@pytest.mark.es
+def test_within_one_store_writes_stay_behind_the_spool_until_it_is_replayed(
+    es_url: str, index_prefix: str, tmp_path: Path
+) -> None:
+    host, port = es_url.removeprefix("http://").split(":")
+    proxy = TcpProxy((host, int(port)))
+    try:
+        with Store(env_for(proxy.url, index_prefix, tmp_path), SETTINGS) as store:
+            store.setup()
+            assert store.write("articles", [("a1", simple_doc(1, version=1))]).ok == 1
+            proxy.cut()
+            assert store.write("articles", [("a1", simple_doc(1, version=2))]).spooled == 1
+            proxy.open()
+            store.check()  # the cluster answers again ...
+            # ... but a newer version must not overtake the spooled one
+            assert store.write("articles", [("a1", simple_doc(1, version=3))]).spooled == 1
+            assert store.replay_spool().ok == 1  # both spooled versions, last one wins
+            assert store.write("articles", [("a2", simple_doc(2))]).ok == 1  # direct again
+            docs = store.get_many("articles", ["a1", "a2"], fields=["title"])
+            assert docs["a1"]["title"].endswith("draft 3") and "a2" in docs
+            assert not store.spool.has_pending()
+    finally:
+        proxy.close()

@@ -85,6 +85,7 @@ class Store:
         self._down: str | None = None
         self._spool_writer: SpoolWriter | None = None
         self._replayed_once = False
+        self._spooled_any = False
         #: The report of the last spool replay (messages about corrupt lines etc.).
         self.last_replay: ReplayReport | None = None
 
@@ -131,7 +132,10 @@ class Store:
         if health.get("status") == "red":
             self._down = "our indices are red (a primary shard is unassigned)"
             raise StoreUnavailable(self.url, self._down)
-        self._down = None
+        if not self._spooled_any:
+            # Once this store has spooled, later writes keep going to the spool (behind the
+            # spooled ones) until replay_spool() has written them: the last write wins.
+            self._down = None
 
     def setup(self) -> list[str]:
         """Idempotent: lifecycle policy, templates (upgraded in place), aliases. Says what."""
@@ -198,6 +202,7 @@ class Store:
     def _spool_ops(self, kind: IndexKind, ops: list[WriteOp], reason: str) -> None:
         if self._spool_writer is None:
             self._spool_writer = self.spool.writer()
+        self._spooled_any = True
         stamp = _now_iso()
         self._spool_writer.append(
             SpoolRecord(kind=kind, op=op.op, id=op.id, doc=op.doc, reason=reason, spooled_at=stamp)
@@ -242,6 +247,11 @@ class Store:
 
         report = self.spool.replay(write_batch, batch_size=self.settings.bulk_size)
         self.last_replay = report
+        if report.remaining == 0 and report.files_busy == 0 and not self.spool.has_pending():
+            # Everything this store (and earlier runs) spooled is written: direct writes
+            # are safe again.
+            self._down = None
+            self._spooled_any = False
         for message in report.messages:
             log.warning("spool: %s", message)
         return WriteReport(ok=report.ok, failed=report.failed, spooled=report.remaining)
