@@ -86,7 +86,9 @@ def test_pronoun_carried_to_last_named_speaker(resolver: ActorResolver) -> None:
 def test_quote_only_sentence_attributed_to_following_short_attribution(
     resolver: ActorResolver,
 ) -> None:
-    text = '"Not one inch of Armenian land will be given away." Pashinyan said. Later, markets rose.'
+    text = (
+        '"Not one inch of Armenian land will be given away." Pashinyan said. Later, markets rose.'
+    )
     a = analyse(resolver, text)
     assert [m.actor for m in a.speakers[0]] == ["Nikol Pashinyan"]
     assert 2 not in a.speakers

@@ -320,7 +320,7 @@ def decide_stances(
             sentence_scores,
             topic,
         )
-        if model.pair_prob(feats) < model.pair_threshold:
+        if model.pair_prob(feats, group) < model.pair_threshold:
             continue
         stance, score, ev = aggregate(group, gprobs)
         best = group[ev]

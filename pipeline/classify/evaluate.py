@@ -94,6 +94,14 @@ class StanceScores:
         total = sum(matched.values())
         return sum(n for (g, p), n in matched.items() if g == p) / total if total else 0.0
 
+    @property
+    def matched_macro_f1(self) -> float:
+        """Macro-F1 over pairs found by both gold and prediction (stance quality alone)."""
+        matched = StanceScores(
+            Counter({k: n for k, n in self.confusion.items() if NONE not in k})
+        )
+        return matched.macro_f1
+
     def counts(self) -> dict[str, int]:
         return {
             "gold_pairs": sum(n for (g, _), n in self.confusion.items() if g != NONE),
@@ -124,6 +132,7 @@ class EvalReport:
             "topic_macro_f1": round(self.topics.macro_f1, 4),
             **{f"{t}_f1": round(v["f1"], 4) for t, v in self.topics.per_topic.items()},
             "stance_macro_f1": round(self.stance.macro_f1, 4),
+            "stance_matched_macro_f1": round(self.stance.matched_macro_f1, 4),
             "stance_matched_accuracy": round(self.stance.matched_accuracy, 4),
             "actor_recall": round(self.actor_recall, 4),
             "stance_actor_recall": round(
@@ -165,7 +174,10 @@ class EvalReport:
             "pairs: gold {gold_pairs}, predicted {predicted_pairs}, matched {matched}, "
             "missed {missed}, extra {extra}".format(**counts)
         )
-        lines.append(f"stance accuracy on matched pairs: {self.stance.matched_accuracy:.3f}")
+        lines.append(
+            f"on matched pairs only: stance macro-F1 {self.stance.matched_macro_f1:.3f}, "
+            f"accuracy {self.stance.matched_accuracy:.3f}"
+        )
         lines += ["", "confusion (rows gold, columns predicted)"]
         labels = [*STANCES, NONE]
         lines.append(" " * 10 + "".join(f"{c:>9}" for c in labels))

@@ -19,13 +19,14 @@ Three steps, all on the frozen encoder:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.classify.actors import ActorAnalysis, ActorMention
-from pipeline.classify.heads import HybridHead, LinearHead
+from pipeline.classify.heads import HybridHead
 from pipeline.classify.sentences import Sentence
 from pipeline.config import TOPICS
 
@@ -65,6 +66,27 @@ def mark_text(sentence: str, mention: str) -> str:
         if index >= 0:
             return sentence[:index] + MARKER + sentence[index + len(mention) :]
     return f"{MARKER} said: {sentence}"
+
+
+_TAGS = ("tc", "pt")
+_WORD = re.compile(r"\w\w+")
+
+
+def tag_words(text: str, topic: int) -> str:
+    """Words prefixed with the topic ("tc_cede", "pt_talks") so that one linear model can
+    weigh a word differently for each topic."""
+    return " ".join(f"{_TAGS[topic]}_{w}" for w in _WORD.findall(text.lower()))
+
+
+def stance_text(marked: str, topic: int) -> str:
+    """Text features of the sentence stance head: plain and topic-tagged words."""
+    return f"{marked} {tag_words(marked, topic)}"
+
+
+def pair_text(group: Sequence[Candidate]) -> str:
+    """Text features of the pair head: the actor's two most topic-like sentences, tagged."""
+    best = sorted(group, key=lambda c: -c.topic_score)[:2]
+    return " ".join(tag_words(c.marked, c.topic) for c in best)
 
 
 def stance_features(embeddings: np.ndarray, topic_indices: Sequence[int]) -> np.ndarray:
@@ -178,20 +200,21 @@ def aggregate(group: Sequence[Candidate], stance_probs: np.ndarray) -> tuple[int
 
 @dataclass
 class StanceModel:
-    sentence_head: HybridHead  # softmax over STANCES: stance_features + marked sentence words
-    pair_head: LinearHead  # sigmoid, input pair_features
+    sentence_head: HybridHead  # softmax over STANCES: stance_features + stance_text
+    pair_head: HybridHead  # sigmoid: pair_features + pair_text
     pair_threshold: float
     floor: float = CANDIDATE_FLOOR
 
     def sentence_probs(
-        self, embeddings: np.ndarray, topic_indices: Sequence[int], texts: Sequence[str]
+        self, embeddings: np.ndarray, topic_indices: Sequence[int], marked: Sequence[str]
     ) -> np.ndarray:
         if len(topic_indices) == 0:
             return np.zeros((0, len(STANCES)), np.float32)
+        texts = [stance_text(m, t) for m, t in zip(marked, topic_indices, strict=True)]
         return self.sentence_head.predict_proba(stance_features(embeddings, topic_indices), texts)
 
-    def pair_prob(self, features: np.ndarray) -> float:
-        return float(self.pair_head.predict_proba(features)[0, 0])
+    def pair_prob(self, features: np.ndarray, group: Sequence[Candidate]) -> float:
+        return float(self.pair_head.predict_proba(features, [pair_text(group)])[0, 0])
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -205,7 +228,7 @@ class StanceModel:
         params = arrays["stance.params"]
         return cls(
             HybridHead.from_arrays(arrays, "stance.sentence"),
-            LinearHead.from_arrays(arrays, "stance.pair"),
+            HybridHead.from_arrays(arrays, "stance.pair"),
             float(params[0]),
             float(params[1]),
         )
@@ -231,5 +254,8 @@ __all__ = [
     "mark_actor",
     "mark_text",
     "pair_features",
+    "pair_text",
     "stance_features",
+    "stance_text",
+    "tag_words",
 ]

@@ -69,7 +69,9 @@ from pipeline.classify.stance import (
     group_pairs,
     mark_text,
     pair_features,
+    pair_text,
     stance_features,
+    stance_text,
 )
 from pipeline.classify.territories import TerritoryGazetteer
 from pipeline.classify.topics import TopicModel, article_features, sentence_features
@@ -436,14 +438,16 @@ def train(
 
     s_tx, s_tp, s_lb = sentence_examples(sent_train)
     a_tx, a_tp, a_lb, a_own = article_examples(train_d)
-    tr_tx, tr_tp = s_tx + a_tx, s_tp + a_tp
-    tr_x = stance_features(cache.encode(tr_tx), tr_tp)
+    tr_marked, tr_tp = s_tx + a_tx, s_tp + a_tp
+    tr_x = stance_features(cache.encode(tr_marked), tr_tp)
+    tr_tx = [stance_text(m, t) for m, t in zip(tr_marked, tr_tp, strict=True)]
     tr_y = np.array(s_lb + a_lb, int)
     stance_vectorizer = TfidfText.fit(tr_tx, max_n=2, min_df=2)
     vs_tx, vs_tp, vs_lb = sentence_examples([s for s in sentences if s.split == "val"])
     va_tx, va_tp, va_lb, _ = article_examples(val_d)
-    v_tx, v_tp = vs_tx + va_tx, vs_tp + va_tp
-    v_x = stance_features(cache.encode(v_tx), v_tp)
+    v_marked, v_tp = vs_tx + va_tx, vs_tp + va_tp
+    v_x = stance_features(cache.encode(v_marked), v_tp)
+    v_tx = [stance_text(m, t) for m, t in zip(v_marked, v_tp, strict=True)]
     v_y = np.array(vs_lb + va_lb, int)
 
     def fit_stance(x: np.ndarray, texts: Sequence[str], y: np.ndarray, c: float) -> HybridHead:
@@ -459,7 +463,7 @@ def train(
         )
 
     best_stance: tuple[float, float, HybridHead] | None = None
-    for c in (1.0, 3.0, 10.0):
+    for c in (0.3, 1.0, 3.0, 10.0):
         head = fit_stance(tr_x, tr_tx, tr_y, c)
         f1 = _macro_f1(v_y, head.predict_proba(v_x, v_tx).argmax(1), 3)
         if best_stance is None or f1 > best_stance[0] + 1e-9:
@@ -495,12 +499,12 @@ def train(
         scores: Sequence[np.ndarray],
         topic_probs: np.ndarray,
         heads_for: Any,
-    ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    ) -> tuple[np.ndarray, list[str], np.ndarray, int, int]:
         labels = [np.array([d.item.topics[t] for t in TOPICS]) for d in items]
         analyses = analyse_actors(
             resolver, [d.prepared for d in items], scores, labels, floor=CANDIDATE_FLOOR
         )
-        rows, ys = [], []
+        rows, ys, texts = [], [], []
         gold_total, gold_found = 0, 0
         for n, (d, sc, an, lab) in enumerate(zip(items, scores, analyses, labels, strict=True)):
             topics = [k for k in range(len(TOPICS)) if lab[k]]
@@ -509,10 +513,12 @@ def train(
             gold_total += len(gold)
             if not cands:
                 continue
-            texts = [c.marked for c in cands]
-            vecs = cache.encode(texts)
+            marked = [c.marked for c in cands]
+            vecs = cache.encode(marked)
+            cand_topics = [c.topic for c in cands]
             probs = heads_for(d).predict_proba(
-                stance_features(vecs, [c.topic for c in cands]), texts
+                stance_features(vecs, cand_topics),
+                [stance_text(m, t) for m, t in zip(marked, cand_topics, strict=True)],
             )
             for key, members in group_pairs(cands).items():
                 group: list[Candidate] = [cands[m] for m in members]
@@ -526,21 +532,38 @@ def train(
                         key[1],
                     )
                 )
+                texts.append(pair_text(group))
                 ys.append(key in gold)
                 gold_found += key in gold
         x = np.stack(rows) if rows else np.zeros((0, N_PAIR_FEATURES), np.float32)
-        return x, np.array(ys, bool), gold_total, gold_found
+        return x, texts, np.array(ys, bool), gold_total, gold_found
 
-    px_tr, py_tr, g_tot, g_found = pair_rows(
+    px_tr, pt_tr, py_tr, g_tot, g_found = pair_rows(
         train_d, train_scores, train_topic_probs, lambda d: fold_heads[item_fold[d.item.id]]
     )
     cache.save()
-    pair_head = _fit_lr(px_tr, py_tr.astype(int), 0.3)
-    px_va, py_va, gv_tot, gv_found = pair_rows(
+    px_va, pt_va, py_va, gv_tot, gv_found = pair_rows(
         val_d, val_scores, val_topic_probs, lambda d: stance_head
     )
     cache.save()
-    pair_thr, pair_f1 = _best_threshold(pair_head.predict_proba(px_va)[:, 0], py_va)
+    pair_vectorizer = TfidfText.fit(pt_tr, max_n=1, min_df=2)
+    best_pair: tuple[float, str, float, HybridHead] | None = None
+    for c in (0.3, 1.0, 3.0):
+        for w in (0.3, 1.0):
+            head = fit_hybrid(
+                px_tr,
+                pt_tr,
+                py_tr.astype(int),
+                c=c,
+                dense_weight=w,
+                vectorizer=pair_vectorizer,
+                seed=seed,
+            )
+            thr, f1 = _best_threshold(head.predict_proba(px_va, pt_va)[:, 0], py_va)
+            if best_pair is None or f1 > best_pair[0] + 1e-9:
+                best_pair = (f1, f"C={c:g},w={w:g}", thr, head)
+    assert best_pair is not None
+    pair_f1, pair_choice, pair_thr, pair_head = best_pair
     _say(
         f"pair head: {len(py_tr)} candidate pairs ({int(py_tr.sum())} gold; gold pairs with a "
         f"candidate {g_found}/{g_tot}); validation pair F1 {pair_f1:.3f} at {pair_thr:.2f} "
@@ -584,6 +607,7 @@ def train(
             "C": stance_c,
             "temperature": round(stance_head.dense.temperature, 3),
             "validation_sentence_macro_f1": round(stance_val_f1, 4),
+            "pair_head": pair_choice,
             "pair_threshold": round(pair_thr, 3),
             "validation_pair_f1": round(pair_f1, 4),
         },

@@ -1,0 +1,137 @@
+"""Evaluation metrics: definitions on hand-made predictions, gold parsing, keyword baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.classify.dataset import DataError, LabelledArticle, article_from_record
+from pipeline.classify.evaluate import load_gold, score
+from pipeline.classify.keyword_baseline import keyword_topics
+from pipeline.models import ClassifiedText, StanceMention, TopicScore
+
+
+def gold(item_id: str, tc: bool, pt: bool, stances=(), actors=()) -> LabelledArticle:
+    return article_from_record(
+        {
+            "id": item_id,
+            "title": "t",
+            "text": "x",
+            "topics": {"territorial_concessions": tc, "peace_talks": {"label": pt}},
+            "actors": list(actors),
+            "stances": [
+                {"actor": a, "topic": t, "stance": s, "mention": a, "evidence": "e"}
+                for a, t, s in stances
+            ],
+        }
+    )
+
+
+def pred(item_id: str, tc: bool, pt: bool, stances=(), actors=()) -> ClassifiedText:
+    return ClassifiedText(
+        id=item_id,
+        topics={
+            "territorial_concessions": TopicScore(label=tc, score=0.9 if tc else 0.1),
+            "peace_talks": TopicScore(label=pt, score=0.9 if pt else 0.1),
+        },
+        stances=[
+            StanceMention(actor=a, mention=a, topic=t, stance=s, score=0.8, evidence="e")
+            for a, t, s in stances
+        ],
+        actors=list(actors),
+    )
+
+
+def test_topic_scores_per_topic_and_macro() -> None:
+    items = [gold("1", True, True), gold("2", False, True), gold("3", False, False)]
+    preds = [pred("1", True, True), pred("2", True, True), pred("3", False, True)]
+    report = score(items, preds, baseline=False)
+    tc = report.topics.per_topic["territorial_concessions"]
+    pt = report.topics.per_topic["peace_talks"]
+    assert (tc["tp"], tc["fp"], tc["fn"]) == (1, 1, 0)
+    assert tc["f1"] == pytest.approx(2 / 3)
+    assert (pt["tp"], pt["fp"], pt["fn"]) == (2, 1, 0)
+    assert report.topics.macro_f1 == pytest.approx((2 / 3 + 0.8) / 2)
+
+
+def test_stance_pairs_missing_and_extra_count() -> None:
+    items = [
+        gold(
+            "1",
+            True,
+            True,
+            stances=[
+                ("Jens Stoltenberg", "territorial_concessions", "support"),
+                ("Volodymyr Zelenskyy", "territorial_concessions", "oppose"),
+                ("Kremlin", "peace_talks", "neutral"),
+            ],
+            actors=["Jens Stoltenberg", "Volodymyr Zelenskyy", "Kremlin"],
+        )
+    ]
+    preds = [
+        pred(
+            "1",
+            True,
+            True,
+            stances=[
+                ("jens stoltenberg", "territorial_concessions", "support"),  # case-folded match
+                ("Volodymyr Zelenskyy", "territorial_concessions", "support"),  # wrong stance
+                ("Volodymyr Zelenskyy", "peace_talks", "oppose"),  # extra pair
+            ],  # Kremlin pair missed
+            actors=["Jens Stoltenberg", "Volodymyr Zelenskyy"],
+        )
+    ]
+    report = score(items, preds, baseline=False)
+    c = report.stance.confusion
+    assert c[("support", "support")] == 1
+    assert c[("oppose", "support")] == 1
+    assert c[("none", "oppose")] == 1
+    assert c[("neutral", "none")] == 1
+    per = report.stance.per_class()
+    assert per["support"]["precision"] == pytest.approx(0.5)
+    assert per["support"]["recall"] == pytest.approx(1.0)
+    assert per["oppose"]["f1"] == 0.0 and per["neutral"]["f1"] == 0.0
+    assert report.stance.macro_f1 == pytest.approx((2 / 3) / 3)
+    assert report.stance.counts() == {
+        "gold_pairs": 3, "predicted_pairs": 3, "matched": 2, "missed": 1, "extra": 1,
+    }  # fmt: skip
+    assert report.actor_recall == pytest.approx(2 / 3)
+    text = report.format()
+    assert "stance macro-F1" in text and "confusion" in text
+
+
+def test_perfect_prediction_scores_one() -> None:
+    st = [("Ilham Aliyev", "peace_talks", "support")]
+    report = score(
+        [gold("1", False, True, st, ["Ilham Aliyev"])],
+        [pred("1", False, True, st, ["Ilham Aliyev"])],
+    )
+    assert report.stance.macro_f1 == pytest.approx(1 / 3)  # only one class present
+    assert report.stance.matched_macro_f1 == pytest.approx(1 / 3)
+    assert report.actor_recall == 1.0
+    assert report.baseline is not None
+
+
+def test_keyword_baseline_is_a_plain_boolean_query() -> None:
+    assert keyword_topics("Kyiv refuses to cede Donbas", "") == {
+        "territorial_concessions": True,
+        "peace_talks": False,
+    }
+    assert keyword_topics("Ceasefire talks resume", "")["peace_talks"]
+    # A keyword query cannot tell a concession stand from a territorial concession:
+    assert keyword_topics("Stadium operator cedes control of concession stands", "")[
+        "territorial_concessions"
+    ]
+
+
+def test_load_gold_reports_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "gold.jsonl"
+    good = {"id": "a", "title": "t", "text": "x", "topics": {"peace_talks": True}}
+    path.write_text(json.dumps(good) + "\n\n{not json\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"gold.jsonl:3: invalid JSON"):
+        load_gold(path)
+    path.write_text(json.dumps({**good, "topics": {"peace_talks": "yes"}}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"gold.jsonl:1: topic value must be a bool"):
+        load_gold(path)
