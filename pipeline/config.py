@@ -179,6 +179,9 @@ class DedupSettings(_Strict):
     min_shingles: int = Field(
         default=8, ge=1, description="Texts with fewer shingles are too short to cluster safely"
     )
+    lede_words: int = Field(
+        default=80, ge=10, description="Words from the start of a story that are compared"
+    )
 
 
 class ClassifierSettings(_Strict):

@@ -503,3 +503,23 @@ def test_feeds_check_and_list_commands(tmp_path: Path) -> None:
     )
     assert only_good.exit_code == 0, only_good.output
     assert "Foreign ministers agree to resume prisoner-exchange talks" in only_good.output
+
+
+def test_bundled_demo_matches_its_answer_key() -> None:
+    """config/demo/EXPECTED.md: 89 articles (one exact duplicate), one syndicated pair
+    (an excerpt + content:encoded copy of a wire story), one future date, no tracking
+    parameters in canonical URLs."""
+    demo = Path(__file__).resolve().parent.parent / "config" / "demo"
+    now = datetime(2025, 3, 15, 12, 0, tzinfo=UTC)
+    result = collect(AppConfig(demo), states={}, lookup=None, now=now)
+    assert len(result.articles) == 89 and result.duplicates_in_batch == 1
+    assert all(r.ok for r in result.feed_reports)
+    copies = [a for a in result.articles if a.duplicate_of]
+    assert len(copies) == 1
+    original = next(a for a in result.articles if a.id == copies[0].duplicate_of)
+    assert original.source.feed_id == "meridian-wire"
+    assert copies[0].source.feed_id == "dnipro-courier"
+    assert copies[0].cluster_id == original.cluster_id == original.id
+    clamped = [a for a in result.articles if a.date_flags == ["future_clamped"]]
+    assert [a.published for a in clamped] == [now]
+    assert not any("utm_" in a.canonical_url for a in result.articles)

@@ -158,3 +158,23 @@ def test_identical_copies_cluster_at_any_threshold(threshold: float) -> None:
     b = article("https://b.example/1", "Talks in Geneva next week", WIRE, NOW)
     out = {x.id: x for x in cluster_near_duplicates([a, b], [], settings)}
     assert out[b.id].duplicate_of == a.id
+
+
+def test_excerpt_and_full_text_copies_compare_by_their_lede() -> None:
+    full = (
+        WIRE
+        + " "
+        + " ".join(
+            f"Further paragraph {i} adds detail about the delegations and their demands."
+            for i in range(8)
+        )
+    )
+    excerpt = " ".join(WIRE.split()[:55]) + " […]"
+    wire = article(
+        "https://wire.example/1", "Talks in Geneva next week", full, NOW - timedelta(hours=6)
+    )
+    copy = article("https://outlet.example/2", "Geneva talks set", excerpt, NOW).model_copy(
+        update={"body": full.replace("Swiss officials", "officials in Bern")}
+    )
+    out = {x.id: x for x in cluster_near_duplicates([wire, copy], [], SETTINGS)}
+    assert out[copy.id].duplicate_of == wire.id
