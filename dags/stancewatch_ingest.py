@@ -37,7 +37,8 @@ updates the **`stancewatch_articles`** asset, which schedules `stancewatch_alert
 | `report` | the run's totals; fails the run when a shard failed (its feeds are fetched again next run) |
 
 **Schedule**: `STANCEWATCH_INGEST_SCHEDULE` or Variable `stancewatch_ingest_schedule`
-(default every 15 minutes), no catch-up, one run at a time.
+(default every 15 minutes; `none` = only when triggered), no catch-up, one run at a time.
+Unpaused, Airflow runs the latest past tick at once, then every tick.
 
 **Manual runs** (Trigger DAG with config): `feed_ids` (a subset of feed ids, empty = all),
 `shards`, `only_due` (false = fetch every feed now), `now` (ISO 8601, for replays and tests).

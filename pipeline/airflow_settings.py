@@ -217,19 +217,26 @@ def load_config() -> AppConfig:
 # ------------------------------------------------------------------ schedule and shards
 
 
-def ingest_schedule() -> str:
+#: Values of the schedule setting that mean "only when triggered" (an external scheduler,
+#: a test that must not race a scheduled run).
+MANUAL_ONLY = {"none", "never", "manual"}
+
+
+def ingest_schedule() -> str | None:
     """Cron (or preset) for ``stancewatch_ingest``; read while the DAG file is parsed.
 
     ``STANCEWATCH_INGEST_SCHEDULE`` wins, then the Airflow Variable
     ``stancewatch_ingest_schedule`` (through Airflow's secrets chain: environment
     ``AIRFLOW_VAR_*``, then the metadata DB when the DAG processor asks), then every 15
-    minutes. Parsing never fails because of this look-up.
+    minutes. ``none`` / ``never`` / ``manual`` mean no schedule: runs only when triggered.
+    Parsing never fails because of this look-up.
     """
-    return (
+    value = (
         (os.environ.get("STANCEWATCH_INGEST_SCHEDULE") or "").strip()
         or _get_variable("stancewatch_ingest_schedule")
         or DEFAULT_INGEST_SCHEDULE
     )
+    return None if value.lower() in MANUAL_ONLY else value
 
 
 def ingest_shards() -> int:
