@@ -186,6 +186,8 @@ def main() -> None:
     raw_rates: list[float] = []
     store_rates: list[float] = []
     lookup_s: list[float] = []
+    raw_cpu: list[float] = []
+    store_cpu: list[float] = []
     try:
         for round_no in range(1, args.rounds + 1):
             for mode in ("raw", "store"):
@@ -199,7 +201,7 @@ def main() -> None:
                 )
                 with Store(env, settings) as store:
                     store.setup()
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), time.process_time()
                     if mode == "raw":
                         failed = raw_bulk(client, store.alias("articles"), docs, args.batch)
                     else:
@@ -220,6 +222,8 @@ def main() -> None:
                         lookup_s.append(spent[0])
                         failed = len(report.failed) + report.spooled
                     took = time.perf_counter() - t0
+                    cpu = time.process_time() - cpu0
+                    (raw_cpu if mode == "raw" else store_cpu).append(cpu)
                     store.refresh("articles")
                     indexed = store.count("articles")
                 rate = len(docs) / took
@@ -230,7 +234,7 @@ def main() -> None:
                 (raw_rates if mode == "raw" else store_rates).append(rate)
                 print(
                     f"round {round_no} {mode:>5}: {took:7.1f} s  {rate:8,.0f} docs/s  "
-                    f"({indexed:,} indexed, {failed} failed{extra})"
+                    f"client CPU {cpu:5.1f} s  ({indexed:,} indexed, {failed} failed{extra})"
                 )
                 client.options(ignore_status=404).indices.delete(index=f"{prefix}-*")
     finally:
@@ -246,6 +250,12 @@ def main() -> None:
     print(
         f"\nraw _bulk loop: {raw:,.0f} docs/s   Store.write: {mine:,.0f} docs/s   "
         f"ratio {mine / raw:.2f} (aim >= 0.80; batch {args.batch}, {len(docs):,} docs, {url})"
+    )
+    print(
+        f"client CPU per 1,000 docs: raw {1000 * sum(raw_cpu) / len(raw_cpu) / len(docs):.2f} s, "
+        f"store {1000 * sum(store_cpu) / len(store_cpu) / len(docs):.2f} s "
+        "(wall-clock rates depend on what else the node and the machine are doing; "
+        f"load average now {os.getloadavg()[0]:.1f})"
     )
 
 
