@@ -11,6 +11,8 @@ Measured in the same run:
 
 - **ideal** = feeds x latency / concurrency: the wall time of a perfect fetcher that keeps
   ``concurrency`` requests in flight and spends no time of its own;
+- **baseline**: bare asyncio sockets with the same concurrency, no HTTP library and no
+  parsing: the floor on this machine, measured now (its load counts);
 - **fetch stage**: :class:`pipeline.fetch.Fetcher` alone over every feed (ideal / wall is
   the ratio to aim at, >= 0.5);
 - **collect**: the real ``collect()`` (fetch, parse, normalize, dedup; enrichment off)
@@ -210,6 +212,29 @@ def _write_config(directory: Path, urls: list[str], concurrency: int, processes:
     return AppConfig(directory)
 
 
+async def _baseline_get_all(urls: list[str], concurrency: int) -> tuple[int, int]:
+    """The floor for this machine: bare asyncio sockets, one GET per connection, same
+    concurrency, no HTTP library, no parsing. What the network and the server cost here."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def get(url: str) -> bytes:
+        rest = url.split("://", 1)[1]
+        hostport, path = rest.split("/", 1)
+        host, port = hostport.split(":")
+        async with slots:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n".encode()
+            )
+            await writer.drain()
+            data = await reader.read()
+            writer.close()
+            return data
+
+    bodies = await asyncio.gather(*(get(u) for u in urls))
+    return sum(1 for b in bodies if b.startswith(b"HTTP/1.1 200")), sum(len(b) for b in bodies)
+
+
 async def _fetch_all(urls: list[str], concurrency: int) -> tuple[int, int]:
     from pipeline.config import FetchSettings
     from pipeline.fetch import Fetcher
@@ -283,6 +308,11 @@ def main() -> int:
         ideal = args.feeds * args.latency / args.concurrency
         figures["ideal_s"] = round(ideal, 3)
 
+        started = time.perf_counter()
+        ok, _ = asyncio.run(_baseline_get_all(urls, args.concurrency))
+        baseline = time.perf_counter() - started
+        figures["baseline"] = {"wall_s": round(baseline, 3), "feeds_ok": ok}
+
         cpu = _cpu()
         started = time.perf_counter()
         ok, size = asyncio.run(_fetch_all(urls, args.concurrency))
@@ -293,12 +323,16 @@ def main() -> int:
             "feeds_ok": ok,
             "mb": round(size / 1e6, 2),
             "ratio_to_ideal": round(ideal / fetch_wall, 3),
+            "ratio_to_baseline": round(baseline / fetch_wall, 3),
         }
 
         with tempfile.TemporaryDirectory() as tmp:
             config = _write_config(Path(tmp) / "pool", urls, args.concurrency, 0)
             figures["collect"] = _collect(config)
             figures["collect"]["ratio_to_ideal"] = round(ideal / figures["collect"]["wall_s"], 3)
+            figures["collect"]["ratio_to_baseline"] = round(
+                baseline / figures["collect"]["wall_s"], 3
+            )
             if args.inprocess:
                 config = _write_config(Path(tmp) / "inproc", urls, args.concurrency, 1)
                 figures["collect_inprocess"] = _collect(config)
@@ -339,10 +373,16 @@ def _print(f: dict[str, Any]) -> None:
         + ", ".join(str(x) for x in f["load_average_before"])
     )
     print(f"ideal (feeds x latency / concurrency): {f['ideal_s']:.2f} s")
+    b = f["baseline"]
+    print(
+        f"baseline:     {b['wall_s']:.2f} s, {b['feeds_ok']} ok (bare asyncio sockets, same "
+        f"concurrency, measured now: the floor on this machine)"
+    )
     fe = f["fetch"]
     print(
         f"fetch stage:  {fe['wall_s']:.2f} s ({fe['cpu_s']:.1f} CPU s), {fe['feeds_ok']} ok, "
-        f"{fe['mb']} MB, ratio to ideal {fe['ratio_to_ideal']:.2f} (aim >= 0.5)"
+        f"{fe['mb']} MB, ratio to ideal {fe['ratio_to_ideal']:.2f} (aim >= 0.5), "
+        f"to baseline {fe['ratio_to_baseline']:.2f}"
     )
     for key, label in (("collect", "collect:     "), ("collect_inprocess", "in-process:  ")):
         if key in f:

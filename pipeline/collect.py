@@ -334,8 +334,15 @@ async def _collect(
         timings[name] = round(now_ - clock, 3)
         clock = now_
 
-    if feeds:
-        await asyncio.get_running_loop().run_in_executor(pool, _warm_worker)
+    if feeds and processes == 1:
+        # Queued first, so the language model loads while the first requests are in flight.
+        pool.submit(_warm_worker)
+    elif feeds:
+        # Start the workers now: starting a process blocks the calling thread (the fork
+        # server's imports), which must not happen while connections wait on this loop.
+        # They load the language model in their initializer while the fetching starts.
+        for _ in range(processes):
+            pool.submit(int)
     lap("start_s")
     warnings: list[str] = []
     try:

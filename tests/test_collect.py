@@ -319,6 +319,9 @@ def test_parse_pool_gives_the_same_result(server: HTTPServer, tmp_path: Path) ->
     pooled = collect(
         write_config(tmp_path, feeds, parse_processes=2), states={}, lookup=None, now=NOW
     )
+    assert [(r.feed_id, r.error) for r in pooled.feed_reports] == [
+        (r.feed_id, r.error) for r in in_process.feed_reports
+    ]
     assert [a.model_dump() for a in pooled.articles] == [
         a.model_dump() for a in in_process.articles
     ]
