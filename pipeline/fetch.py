@@ -57,6 +57,8 @@ PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.5"
 _REDIRECTS = (301, 302, 303, 307, 308)
 _PERMANENT = (301, 308)
 _GZIP_MAGIC = b"\x1f\x8b"
+#: How long a host that passed the SSRF pre-check is not checked again (see _precheck).
+PRECHECK_TTL_S = 60.0
 
 
 class FetchFailure(Exception):
@@ -218,6 +220,7 @@ class Fetcher:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._global: asyncio.Semaphore | None = None
         self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._checked: dict[str, float] = {}  # host:port -> when its pre-check expires
 
     async def __aenter__(self) -> Fetcher:
         self._global = asyncio.Semaphore(self.settings.concurrency)
@@ -399,6 +402,20 @@ class Fetcher:
             result.content = None
         return result
 
+    async def _precheck(self, url: str) -> None:
+        """The SSRF pre-check, with a short memory of hosts that passed.
+
+        Twenty feeds of one outlet need one DNS answer, not twenty. Safe to remember: the
+        connect-time check in the transport vets the address actually used every time.
+        """
+        parts = urlsplit(url)
+        key = f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{parts.port or ''}"
+        now = time.monotonic()
+        if self._checked.get(key, 0.0) > now:
+            return
+        await check_url(url, self.policy)
+        self._checked[key] = now + PRECHECK_TTL_S
+
     def _retry_wait(self, retry_after: float | None, attempt: int) -> float | None:
         """How long to wait before the next try, or None when the server asks too much."""
         if retry_after is not None:
@@ -420,7 +437,7 @@ class Fetcher:
         moved_to: str | None = None
         all_permanent = True
         for hop in range(self.settings.max_redirects + 1):
-            await check_url(current, self.policy)
+            await self._precheck(current)
             client = self._client_for(current)
             async with client.stream("GET", current, headers=headers) as resp:
                 status = resp.status_code
