@@ -64,6 +64,14 @@ def settings(**overrides: Any) -> FetchSettings:
     return FetchSettings(**base)
 
 
+def wait_for_log(server: HTTPServer, entries: int, timeout: float = 3.0) -> None:
+    """Let handlers that the client abandoned finish, so their late log entries do not
+    land in the next test's log."""
+    deadline = time.monotonic() + timeout
+    while len(server.log) < entries and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def fetch(url: str, s: FetchSettings | None = None, **kwargs: Any) -> FetchResult:
     async def go() -> FetchResult:
         async with Fetcher(s or settings()) as fetcher:
@@ -206,7 +214,7 @@ def test_404_and_410_are_hard(server: HTTPServer, status: int, word: str) -> Non
 def test_read_timeout_is_temporary_and_retried(server: HTTPServer) -> None:
     def slow(request: Request) -> Response:
         time.sleep(1.0)
-        return Response(FEED)
+        return Response(FEED)  # arrives in the log after the client gave up
 
     server.expect_request("/slow").respond_with_handler(slow)
     started = time.monotonic()
@@ -215,6 +223,7 @@ def test_read_timeout_is_temporary_and_retried(server: HTTPServer) -> None:
     assert not result.ok and result.failure_kind == "temporary"
     assert result.error == "read timed out"
     assert result.attempts == 2
+    wait_for_log(server, 2)  # the abandoned handlers finish before the next test starts
 
 
 def test_total_deadline_caps_retries(server: HTTPServer) -> None:
@@ -230,6 +239,7 @@ def test_total_deadline_caps_retries(server: HTTPServer) -> None:
     )
     assert time.monotonic() - started < 1.0
     assert result.error == "timed out after 0.3 s" and result.failure_kind == "temporary"
+    wait_for_log(server, 1)
 
 
 def test_connection_refused_is_temporary() -> None:
