@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ from pipeline.models import Article, FeedState, utcnow
 if TYPE_CHECKING:
     from pipeline.classify import Classifier
     from pipeline.collect import DedupRecord, FeedReport
-    from pipeline.store import Store
+    from pipeline.store import Store, WriteReport
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,12 @@ def load_feed_states(store: Store, available: bool, config: AppConfig) -> dict[s
 
 
 def save_feed_states(store: Store, states: Iterable[FeedState]) -> None:
-    report = store.write("feeds", ((s.feed_id, s.to_document()) for s in states))
+    # Losing feed state costs one unconditional GET next time, not data: warn, don't fail.
+    try:
+        report = store.write("feeds", ((s.feed_id, s.to_document()) for s in states))
+    except OSError as exc:
+        log.warning("feed states neither written nor spooled: %s", exc)
+        return
     for doc_id, reason in report.failed:
         log.warning("feed state %s not written: %s", doc_id, reason)
 
@@ -186,6 +191,19 @@ def _stale_stance_ids(store: Store, article_ids: list[str], keep: set[str]) -> l
             if doc_id not in keep:
                 stale.append(doc_id)
     return stale
+
+
+def _nowhere_to_write(
+    store: Store, spool_dir: Path, write: Callable[[], WriteReport]
+) -> WriteReport:
+    """Run a store write; "nowhere to write" (cluster down, spool not writable) is fatal."""
+    try:
+        return write()
+    except OSError as exc:
+        raise RunFailed(
+            f"nowhere to write: Elasticsearch at {store.url} is unavailable "
+            f"({store.down or 'write failed'}) and the spool at {spool_dir} is not writable ({exc})"
+        ) from None
 
 
 def process_articles(
@@ -235,12 +253,18 @@ def process_articles(
         else:
             summary.articles_new += 1
 
-    reports = [store.write("articles", article_docs), store.write("stances", stance_docs)]
+    spool_dir = config.env.spool_dir
+    reports = [
+        _nowhere_to_write(store, spool_dir, lambda: store.write("articles", article_docs)),
+        _nowhere_to_write(store, spool_dir, lambda: store.write("stances", stance_docs)),
+    ]
     if store_available and known:
         keep = {doc_id for doc_id, _ in stance_docs}
         stale = _stale_stance_ids(store, sorted(known), keep)
         if stale:
-            reports.append(store.delete("stances", stale))
+            reports.append(
+                _nowhere_to_write(store, spool_dir, lambda: store.delete("stances", stale))
+            )
     for report in reports:
         summary.documents_written += report.ok
         summary.documents_spooled += report.spooled

@@ -1,10 +1,10 @@
-"""Feed commands: ``stancewatch feeds list`` and ``stancewatch feeds check``.
+"""Feed commands: ``stancewatch feeds list``, ``feeds check`` and ``feeds health``.
 
 ``check`` fetches and parses the configured feeds right now, without Elasticsearch, and
 shows what each one gave: status, items, problems. It is how a user validates a new
 ``feeds.yaml`` before the first real run (exit code 1 when a feed failed, so it also works
-in CI). The store-backed health view (``feeds health``: state kept across runs, back-off,
-last success) belongs here too and registers on :data:`feeds_app` (see ``register``).
+in CI). ``health`` reads the state kept across runs in the feeds index: last status, graded
+failures, back-off and next poll, last success.
 """
 
 from __future__ import annotations
@@ -131,10 +131,102 @@ def check_feeds(
         raise typer.Exit(1)
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``stancewatch feeds ...`` to the root app.
+@feeds_app.command("health")
+def feed_health(
+    config_dir: Path | None = CONFIG_OPTION,
+    failing: bool = typer.Option(False, "--failing", help="Only feeds that are failing now."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per feed instead."),
+) -> None:
+    """Feed health from the feeds index: status, failures, back-off, last success.
 
-    The store-backed ``feeds health`` command is added to ``feeds_app`` by its owner
-    (it reads FeedState documents from the feeds index) before this registration runs.
+    A feed that was never polled shows as 'never polled'. Exit code 1 when Elasticsearch
+    cannot be reached.
     """
+    from pipeline.models import utcnow
+    from pipeline.runner import load_feed_states
+    from pipeline.store import Store, StoreUnavailable
+
+    config = AppConfig(config_dir)
+    config.validate()
+    store = Store.from_config(config)
+    try:
+        store.check()
+        states = load_feed_states(store, True, config)
+    except StoreUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    now = utcnow()
+    rows = []
+    for feed in config.feeds:
+        state = states.get(feed.id)
+        if failing and not (state and state.consecutive_failures):
+            continue
+        rows.append((feed, state))
+    if as_json:
+        for feed, state in rows:
+            doc = state.to_document() if state else {"feed_id": feed.id, "never_polled": True}
+            typer.echo(json.dumps(doc, default=str))
+        return
+    table = Table(title=f"Feed health ({len(rows)} feeds, {store.alias('feeds')})")
+    for column in (
+        "feed",
+        "health",
+        "HTTP",
+        "failures",
+        "last success",
+        "next poll",
+        "items",
+        "last error",
+    ):
+        table.add_column(column, overflow="fold")
+    for feed, state in rows:
+        if state is None:
+            table.add_row(escape(feed.id), "[dim]never polled[/]", "", "", "", "", "", "")
+            continue
+        if state.consecutive_failures:
+            health = f"[red]failing ({state.failure_kind})[/]"
+        elif state.problems:
+            health = "[yellow]partial[/]"
+        else:
+            health = "[green]ok[/]"
+        due = state.next_due
+        table.add_row(
+            escape(feed.id),
+            health,
+            str(state.last_status or ""),
+            str(state.consecutive_failures or ""),
+            _ago(now, state.last_success),
+            ("now" if due and due <= now else _in(now, due)) if due else "",
+            str(state.items_seen),
+            escape(state.last_error or "; ".join(state.problems))[:160],
+        )
+    console.print(table)
+
+
+def _ago(now: object, when: object) -> str:
+    from datetime import datetime
+
+    if not isinstance(when, datetime) or not isinstance(now, datetime):
+        return "never"
+    minutes = int((now - when).total_seconds() // 60)
+    if minutes < 60:
+        return f"{minutes} min ago"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h ago"
+    return f"{minutes // 1440} days ago"
+
+
+def _in(now: object, when: object) -> str:
+    from datetime import datetime
+
+    if not isinstance(when, datetime) or not isinstance(now, datetime):
+        return ""
+    minutes = int((when - now).total_seconds() // 60)
+    return f"in {minutes} min" if minutes < 120 else f"in {minutes // 60} h"
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``stancewatch feeds ...`` to the root app."""
     app.add_typer(feeds_app, name="feeds")
