@@ -97,9 +97,7 @@ class StanceScores:
     @property
     def matched_macro_f1(self) -> float:
         """Macro-F1 over pairs found by both gold and prediction (stance quality alone)."""
-        matched = StanceScores(
-            Counter({k: n for k, n in self.confusion.items() if NONE not in k})
-        )
+        matched = StanceScores(Counter({k: n for k, n in self.confusion.items() if NONE not in k}))
         return matched.macro_f1
 
     def counts(self) -> dict[str, int]:

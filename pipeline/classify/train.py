@@ -38,6 +38,7 @@ import numpy as np
 from pipeline.classify.actors import ActorResolver
 from pipeline.classify.classifier import (
     ARTIFACT_FILE,
+    CHUNK,
     MANIFEST_FILE,
     ClassifyInput,
     LocalClassifier,
@@ -68,6 +69,7 @@ from pipeline.classify.stance import (
     candidates,
     group_pairs,
     mark_text,
+    pair_contexts,
     pair_features,
     pair_text,
     stance_features,
@@ -415,17 +417,19 @@ def train(
 
     def sentence_examples(
         items: Sequence[LabelledSentence],
-    ) -> tuple[list[str], list[int], list[int]]:
+    ) -> tuple[list[str], list[int], list[int], np.ndarray]:
         return (
             [mark_text(s.sentence, s.mention) for s in items],
             [TOPICS.index(s.topic) for s in items],
             [STANCES.index(s.stance) for s in items],
+            cache.encode([s.sentence for s in items]),
         )
 
     def article_examples(
         items: Sequence[Encoded],
-    ) -> tuple[list[str], list[int], list[int], list[str]]:
-        texts, topics, labels, owners = [], [], [], []
+    ) -> tuple[list[str], list[int], list[int], list[str], np.ndarray]:
+        """Gold evidence sentences, encoded on their own as at run time."""
+        texts, topics, labels, owners, vecs = [], [], [], [], []
         for d in items:
             for s in d.item.stances:
                 if not s.evidence:
@@ -434,45 +438,52 @@ def train(
                 topics.append(TOPICS.index(s.topic))
                 labels.append(STANCES.index(s.stance))
                 owners.append(d.item.id)
-        return texts, topics, labels, owners
+                j = _find_sentence(d.prepared, s.evidence)
+                sentence = d.prepared.sentences[j].text if j is not None else s.evidence
+                vecs.append(cache.encode([sentence])[0])
+        arr = np.stack(vecs) if vecs else np.zeros((0, encoder.dim), np.float32)
+        return texts, topics, labels, owners, arr
 
-    s_tx, s_tp, s_lb = sentence_examples(sent_train)
-    a_tx, a_tp, a_lb, a_own = article_examples(train_d)
+    s_tx, s_tp, s_lb, s_vec = sentence_examples(sent_train)
+    a_tx, a_tp, a_lb, a_own, a_vec = article_examples(train_d)
     tr_marked, tr_tp = s_tx + a_tx, s_tp + a_tp
-    tr_x = stance_features(cache.encode(tr_marked), tr_tp)
+    tr_x = stance_features(np.vstack([s_vec, a_vec]), tr_tp)
     tr_tx = [stance_text(m, t) for m, t in zip(tr_marked, tr_tp, strict=True)]
     tr_y = np.array(s_lb + a_lb, int)
     stance_vectorizer = TfidfText.fit(tr_tx, max_n=2, min_df=2)
-    vs_tx, vs_tp, vs_lb = sentence_examples([s for s in sentences if s.split == "val"])
-    va_tx, va_tp, va_lb, _ = article_examples(val_d)
+    vs_tx, vs_tp, vs_lb, vs_vec = sentence_examples([s for s in sentences if s.split == "val"])
+    va_tx, va_tp, va_lb, _, va_vec = article_examples(val_d)
     v_marked, v_tp = vs_tx + va_tx, vs_tp + va_tp
-    v_x = stance_features(cache.encode(v_marked), v_tp)
+    v_x = stance_features(np.vstack([vs_vec, va_vec]), v_tp)
     v_tx = [stance_text(m, t) for m, t in zip(v_marked, v_tp, strict=True)]
     v_y = np.array(vs_lb + va_lb, int)
 
-    def fit_stance(x: np.ndarray, texts: Sequence[str], y: np.ndarray, c: float) -> HybridHead:
+    def fit_stance(
+        x: np.ndarray, texts: Sequence[str], y: np.ndarray, c: float, w: float
+    ) -> HybridHead:
         return fit_hybrid(
             x,
             texts,
             y,
             c=c,
-            dense_weight=DENSE_WEIGHT,
+            dense_weight=w,
             vectorizer=stance_vectorizer,
             multiclass=True,
             seed=seed,
         )
 
-    best_stance: tuple[float, float, HybridHead] | None = None
-    for c in (0.3, 1.0, 3.0, 10.0):
-        head = fit_stance(tr_x, tr_tx, tr_y, c)
-        f1 = _macro_f1(v_y, head.predict_proba(v_x, v_tx).argmax(1), 3)
-        if best_stance is None or f1 > best_stance[0] + 1e-9:
-            best_stance = (f1, c, head)
+    best_stance: tuple[float, float, float, HybridHead] | None = None
+    for c in (0.3, 1.0, 3.0):
+        for w in (0.03, 0.1):
+            head = fit_stance(tr_x, tr_tx, tr_y, c, w)
+            f1 = _macro_f1(v_y, head.predict_proba(v_x, v_tx).argmax(1), 3)
+            if best_stance is None or f1 > best_stance[0] + 1e-9:
+                best_stance = (f1, c, w, head)
     assert best_stance is not None
-    stance_val_f1, stance_c, stance_head = best_stance
+    stance_val_f1, stance_c, stance_w, stance_head = best_stance
     stance_head.dense.temperature = _fit_temperature(stance_head, v_x, v_tx, v_y)
     _say(
-        f"stance head: {len(tr_y)} sentences, C={stance_c:g}; validation macro-F1 "
+        f"stance head: {len(tr_y)} sentences, C={stance_c:g}, w={stance_w:g}; validation macro-F1 "
         f"{stance_val_f1:.3f}, temperature {stance_head.dense.temperature:.2f}"
     )
     cache.save()
@@ -490,6 +501,7 @@ def train(
                 [t for t, k in zip(tr_tx, keep, strict=True) if k],
                 tr_y[keep],
                 stance_c,
+                stance_w,
             )
         )
     item_fold = dict(zip([d.item.id for d in train_d], folds, strict=True))
@@ -514,12 +526,13 @@ def train(
             if not cands:
                 continue
             marked = [c.marked for c in cands]
-            vecs = cache.encode(marked)
+            vecs = cache.encode([d.prepared.sentences[c.sentence].text for c in cands])
             cand_topics = [c.topic for c in cands]
             probs = heads_for(d).predict_proba(
                 stance_features(vecs, cand_topics),
                 [stance_text(m, t) for m, t in zip(marked, cand_topics, strict=True)],
             )
+            contexts = pair_contexts(cands)
             for key, members in group_pairs(cands).items():
                 group: list[Candidate] = [cands[m] for m in members]
                 rows.append(
@@ -530,6 +543,7 @@ def train(
                         len(d.prepared.sentences),
                         sc,
                         key[1],
+                        contexts[key[1]],
                     )
                 )
                 texts.append(pair_text(group))
@@ -605,6 +619,7 @@ def train(
         },
         "stance": {
             "C": stance_c,
+            "dense_weight": stance_w,
             "temperature": round(stance_head.dense.temperature, 3),
             "validation_sentence_macro_f1": round(stance_val_f1, 4),
             "pair_head": pair_choice,
@@ -612,17 +627,44 @@ def train(
             "validation_pair_f1": round(pair_f1, 4),
         },
     }
-    if evaluate_test:
-        from pipeline.classify.evaluate import evaluate_items
+    from pipeline.classify.evaluate import evaluate_items, score
 
-        classifier = LocalClassifier(
-            encoder,
-            topic_model,
-            stance_model,
-            resolver,
-            TerritoryGazetteer(config.territories),
-            version=digest,
-        )
+    classifier = LocalClassifier(
+        encoder,
+        topic_model,
+        stance_model,
+        resolver,
+        TerritoryGazetteer(config.territories),
+        version=digest,
+    )
+    # End to end on validation (predicted topics, actors, pairs): the pair threshold that
+    # maximises stance macro-F1 over (actor, topic) pairs, the metric users feel.
+    val_items = [d.item for d in data if split[d.item.id] == "val"]
+    stance_model.pair_threshold = 0.0
+    val_preds, logs = [], []
+    for start in range(0, len(val_items), CHUNK):
+        val_preds += classifier.classify([_to_input(a) for a in val_items[start : start + CHUNK]])
+        logs += [list(x) for x in classifier.pair_log]
+    best_end: tuple[float, float] = (-1.0, pair_thr)
+    for thr in np.round(np.arange(0.2, 0.81, 0.025), 3):
+        filtered = [
+            p.model_copy(
+                update={"stances": [s for s, q in zip(p.stances, lg, strict=True) if q >= thr]}
+            )
+            for p, lg in zip(val_preds, logs, strict=True)
+        ]
+        f1 = score(val_items, filtered, baseline=False).stance.macro_f1
+        if f1 > best_end[0] + 1e-9:
+            best_end = (f1, float(thr))
+    stance_model.pair_threshold = best_end[1]
+    manifest["stance"]["pair_threshold"] = round(best_end[1], 3)
+    manifest["stance"]["validation_stance_macro_f1_end_to_end"] = round(best_end[0], 4)
+    _say(f"pair threshold {best_end[1]:.3f} (validation stance macro-F1 {best_end[0]:.3f})")
+    arrays = {**topic_model.to_arrays(), **stance_model.to_arrays()}
+    np.savez_compressed(out / ARTIFACT_FILE, **arrays)  # type: ignore[arg-type]
+    digest = hashlib.sha256((out / ARTIFACT_FILE).read_bytes()).hexdigest()[:12]
+    manifest["version"] = classifier.version = digest
+    if evaluate_test:
         for name in ("val", "test"):
             items = [d.item for d in data if split[d.item.id] == name]
             report = evaluate_items(classifier, items, baseline=False)
