@@ -145,12 +145,9 @@ class LocalClassifier(Classifier):
             sentence_scores.append(sent)
         labels = [probs >= self.topic_model.thresholds for probs in topic_probs]
         relevant = [i for i, lab in enumerate(labels) if lab.any()]
-        sentence_vecs = [enc.sentences.copy() for enc in encoded]
-        self._fill_unseen(prepared, encoded, sentence_vecs, sentence_scores, relevant)
+        self._fill_unseen(prepared, encoded, sentence_scores, relevant)
         analyses = self._actors(prepared, sentence_scores, labels, relevant)
-        stances = self._stances(
-            prepared, analyses, sentence_vecs, sentence_scores, topic_probs, labels
-        )
+        stances = self._stances(prepared, analyses, sentence_scores, topic_probs, labels)
         out: list[ClassifiedText] = []
         for i, p in enumerate(prepared):
             out.append(
@@ -194,7 +191,6 @@ class LocalClassifier(Classifier):
         self,
         prepared: Sequence[Prepared],
         encoded: Sequence[ArticleEncoding],
-        sentence_vecs: list[np.ndarray],
         sentence_scores: list[np.ndarray],
         relevant: Sequence[int],
     ) -> None:
@@ -205,8 +201,7 @@ class LocalClassifier(Classifier):
         texts = [prepared[i].sentences[j].text for i, j in jobs]
         vecs = self.encoder.encode(texts)
         scores = self.topic_model.sentence_scores(vecs, texts)
-        for (i, j), vec, row in zip(jobs, vecs, scores, strict=True):
-            sentence_vecs[i][j] = vec
+        for (i, j), row in zip(jobs, scores, strict=True):
             sentence_scores[i][j] = row
 
     def _actors(
@@ -229,7 +224,6 @@ class LocalClassifier(Classifier):
         self,
         prepared: Sequence[Prepared],
         analyses: Sequence[ActorAnalysis],
-        sentence_vecs: Sequence[np.ndarray],
         sentence_scores: Sequence[np.ndarray],
         topic_probs: Sequence[np.ndarray],
         labels: Sequence[np.ndarray],
@@ -280,6 +274,10 @@ class LocalClassifier(Classifier):
         return out
 
 
+#: Mention sources that name a speaker outright (not pronouns or carried quotes).
+_NAMED = frozenset({"alias", "role", "speaker_alias", "fuzzy"})
+
+
 def analyse_actors(
     resolver: ActorResolver,
     prepared: Sequence[Prepared],
@@ -289,10 +287,11 @@ def analyse_actors(
     floor: float,
     use_ner: bool = True,
 ) -> list[ActorAnalysis]:
-    """Gazetteer for all items; spaCy NER only on topic sentences of relevant ones.
+    """Gazetteer for all items; spaCy NER only where an unconfigured speaker may be.
 
-    NER costs about as much as the encoder per sentence, so it reads only the sentences
-    that can carry a stance; elsewhere configured actors are found by the gazetteer.
+    NER costs about as much as the encoder, so it reads only topic sentences of relevant
+    items in which the gazetteer found no named speaker; elsewhere configured actors are
+    found by the gazetteer alone.
     """
     ner_sentences: dict[int, list[int]] = {}
     if use_ner:
@@ -300,8 +299,15 @@ def analyse_actors(
             topics = [k for k in range(len(TOPICS)) if lab[k]]
             if not topics:
                 continue
+            p = prepared[i]
+            known = resolver.analyse(p.text, p.sentences, p.item.published).speakers
             sc = sentence_scores[i]
-            ner_sentences[i] = [j for j in range(len(sc)) if any(sc[j, k] >= floor for k in topics)]
+            ner_sentences[i] = [
+                j
+                for j in range(len(sc))
+                if any(sc[j, k] >= floor for k in topics)
+                and not any(m.source in _NAMED for m in known.get(j, []))
+            ]
     flat = [(i, j) for i, js in ner_sentences.items() for j in js]
     docs: dict[tuple[int, int], Any] = {}
     if flat:
