@@ -153,7 +153,15 @@ def train_command(
 
 
 def evaluate_command(
-    path: Path = typer.Argument(..., help="JSON Lines of classify input plus gold labels."),
+    path: Path | None = typer.Argument(
+        None, help="JSON Lines of classify input plus gold labels (see docs/labelling-guide.md)."
+    ),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="Instead of PATH: the project's own 'test' (held out) or 'val' split of data/, "
+        "BBC negatives included, exactly as `stancewatch train` scores it.",
+    ),
     config_dir: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
@@ -162,14 +170,24 @@ def evaluate_command(
     from pipeline.classify.dataset import DataError
     from pipeline.classify.evaluate import evaluate_items, load_gold
 
-    if not path.is_file():
-        _err(f"error: {path}: no such file")
+    if (path is None) == (split is None):
+        _err("error: give either PATH or --split (test or val)")
         raise typer.Exit(2)
-    try:
-        items = load_gold(path)
-    except DataError as exc:
-        _err(f"error: {exc}")
-        raise typer.Exit(2) from None
+    if split is not None:
+        if split not in ("test", "val"):
+            _err("error: --split must be 'test' or 'val'")
+            raise typer.Exit(2)
+        items = _project_split(split)
+    else:
+        assert path is not None
+        if not path.is_file():
+            _err(f"error: {path}: no such file")
+            raise typer.Exit(2)
+        try:
+            items = load_gold(path)
+        except DataError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(2) from None
     try:
         classifier = load_classifier(AppConfig(config_dir))
     except (ArtifactsMissing, RuntimeError, OSError) as exc:
@@ -180,6 +198,19 @@ def evaluate_command(
         print(json.dumps(report.summary()))
     else:
         print(report.format())
+
+
+def _project_split(split: str) -> list[Any]:
+    import contextlib
+    import io
+
+    from pipeline.classify.dataset import article_files, bbc_negatives, load_articles
+    from pipeline.classify.train import BBC_NEGATIVES, SEED
+
+    items = load_articles(article_files())
+    with contextlib.redirect_stdout(io.StringIO()):  # the corpus package prints its path
+        items += bbc_negatives(BBC_NEGATIVES, SEED)
+    return [a for a in items if a.split == split]
 
 
 def register(app: typer.Typer) -> None:
