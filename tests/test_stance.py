@@ -40,6 +40,8 @@ def test_mark_text_for_labelled_sentences() -> None:
     assert mark_text("Kuleba said no.", "Kuleba") == f"{MARKER} said no."
     assert mark_text("The minister said no.", "THE MINISTER") == f"{MARKER} said no."
     assert mark_text("He said no.", "Dmytro Kuleba") == f"{MARKER} said: He said no."
+    # whole words only: "he" is not the "he" in "the"
+    assert mark_text("At the talks he said no.", "he") == f"At the talks {MARKER} said no."
 
 
 def test_tag_words() -> None:

@@ -62,11 +62,11 @@ def mark_actor(sentence: Sentence, mentions: Sequence[ActorMention]) -> str:
 def mark_text(sentence: str, mention: str) -> str:
     """Marker for labelled sentences: replace the mention as written, else prefix it."""
     if mention:
-        index = sentence.find(mention)
-        if index < 0:
-            index = sentence.casefold().find(mention.casefold())
-        if index >= 0:
-            return sentence[:index] + MARKER + sentence[index + len(mention) :]
+        # Whole words only: the mention "he" must not match inside "the".
+        pattern = r"(?<!\w)" + re.escape(mention) + r"(?!\w)"
+        found = re.search(pattern, sentence) or re.search(pattern, sentence, re.IGNORECASE)
+        if found:
+            return sentence[: found.start()] + MARKER + sentence[found.end() :]
     return f"{MARKER} said: {sentence}"
 
 
