@@ -35,7 +35,7 @@ from pipeline.config import TOPICS
 STANCES: tuple[str, ...] = ("support", "oppose", "neutral")
 MARKER = "[ACTOR]"
 #: Sentences scored below this for a topic are not read for that topic's stance.
-CANDIDATE_FLOOR = 0.15
+CANDIDATE_FLOOR = 0.25
 _KINDS = ("person", "organisation", "government", "group")
 _SOURCES = ("alias", "role", "speaker_alias", "fuzzy", "ner", "pronoun", "nominal", "quote")
 
