@@ -76,7 +76,7 @@ from pipeline.classify.stance import (
     stance_text,
 )
 from pipeline.classify.territories import TerritoryGazetteer
-from pipeline.classify.topics import TopicModel, article_features, sentence_features
+from pipeline.classify.topics import TopicModel, article_features, article_text, sentence_features
 from pipeline.config import PROJECT_DIR, TOPICS, AppConfig
 
 log = logging.getLogger(__name__)
@@ -378,8 +378,8 @@ def train(
         )
 
     x_tr, x_va = topic_x(train_d, train_scores), topic_x(val_d, val_scores)
-    t_tr = [d.prepared.text for d in train_d]
-    t_va = [d.prepared.text for d in val_d]
+    t_tr = [article_text(d.prepared.text) for d in train_d]
+    t_va = [article_text(d.prepared.text) for d in val_d]
     y_tr = np.array([[d.item.topics[t] for t in TOPICS] for d in train_d], bool)
     y_va = np.array([[d.item.topics[t] for t in TOPICS] for d in val_d], bool)
     art_vectorizer = TfidfText.fit(t_tr, max_n=2, min_df=2)
