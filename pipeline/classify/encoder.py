@@ -5,8 +5,10 @@ model was trained) and one vector per sentence (mean over that sentence's tokens
 contextual states). The sentence vectors cost nothing extra, which keeps the classifier close
 to the bare encoder's throughput (see benchmarks/bench_classify.py).
 
-bf16 autocast on CPU is used only when it reproduces the fp32 embeddings: the check runs once
-at load on fixed texts and its result is kept in :attr:`Encoder.bf16_cosine`.
+bf16 autocast on CPU is used only where the CPU computes bf16 natively (AVX512-BF16 / AMX;
+emulated bf16 is slower than fp32) *and* it reproduces the fp32 embeddings: the check runs
+once at load on fixed texts, its result is kept in :attr:`Encoder.bf16_cosine`, and
+``stancewatch train`` records it in ``model/manifest.json``.
 """
 
 from __future__ import annotations
