@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from pipeline.config import AppConfig
-from pipeline.models import Article, FeedState, utcnow
+from pipeline.models import Article, FeedState, stable_id, utcnow
 
 if TYPE_CHECKING:
     from pipeline.classify import Classifier
-    from pipeline.collect import DedupRecord, FeedReport
+    from pipeline.collect import CollectResult, DedupRecord, FeedReport
     from pipeline.store import Store, WriteReport
 
 log = logging.getLogger(__name__)
@@ -280,6 +280,32 @@ def _feed_report_dicts(reports: Sequence[FeedReport]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------ the cycle
 
 
+def _collect(
+    config: AppConfig,
+    store: Store,
+    available: bool,
+    now: datetime,
+    feed_ids: list[str] | None,
+    only_due: bool,
+    progress: bool,
+) -> CollectResult:
+    """Collect with the stored feed states. The caller saves the updated states only once
+    the articles are safe (written, spooled or staged): saving an ETag first would make the
+    next poll answer 304 for articles a crash had lost."""
+    from pipeline.collect import collect
+
+    collected = collect(
+        config,
+        states=load_feed_states(store, available, config),
+        lookup=StoreLookup(store, available),
+        now=now,
+        feed_ids=feed_ids,
+        only_due=only_due,
+        progress=progress,
+    )
+    return collected
+
+
 def run_once(
     config: AppConfig,
     *,
@@ -290,7 +316,6 @@ def run_once(
     progress: bool = False,
 ) -> RunSummary:
     """One full monitoring cycle over the configured feeds."""
-    from pipeline.collect import collect
 
     now = now or utcnow()
     summary = RunSummary(started_at=utcnow(), now=now)
@@ -300,16 +325,7 @@ def run_once(
         available = down is None
         if available:
             summary.spool_replayed = store.replay_spool().ok
-        states = load_feed_states(store, available, config)
-        collected = collect(
-            config,
-            states=states,
-            lookup=StoreLookup(store, available),
-            now=now,
-            feed_ids=feed_ids,
-            only_due=only_due,
-            progress=progress,
-        )
+        collected = _collect(config, store, available, now, feed_ids, only_due, progress)
         _add_feed_reports(summary, collected.feed_reports, len(config.enabled_feeds(feed_ids)))
         summary.articles_unchanged = collected.unchanged
         summary.process = process_articles(
@@ -510,36 +526,29 @@ def collect_shard(
     staging_dir: Path | str,
     only_due: bool = False,
 ) -> ShardSummary:
-    """Fetch one shard of feeds; stage new/changed articles as JSON Lines for classification."""
-    from pipeline.collect import collect
+    """Fetch one shard of feeds; stage new/changed articles as JSON Lines for classification.
 
+    The staged file is named after the shard's feeds, so a retried task overwrites its own
+    earlier attempt; feed states are saved only once the file is on disk.
+    """
     now = now or utcnow()
     store, down = open_store(config)
     try:
-        available = down is None
-        states = load_feed_states(store, available, config)
-        collected = collect(
-            config,
-            states=states,
-            lookup=StoreLookup(store, available),
-            now=now,
-            feed_ids=feed_ids,
-            only_due=only_due,
-        )
+        collected = _collect(config, store, down is None, now, feed_ids, only_due, False)
+        staged: str | None = None
+        if collected.articles:
+            directory = Path(staging_dir)
+            directory.mkdir(parents=True, exist_ok=True)
+            target = directory / f"shard-{stable_id('shard', *sorted(feed_ids))[:12]}.jsonl"
+            tmp = target.with_suffix(".tmp")
+            with tmp.open("w", encoding="utf-8") as out:
+                for article in collected.articles:
+                    out.write(article.model_dump_json() + "\n")
+            tmp.replace(target)
+            staged = str(target)
         save_feed_states(store, collected.feed_states)
     finally:
         store.close()
-    staged: str | None = None
-    if collected.articles:
-        directory = Path(staging_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"shard-{abs(hash(tuple(feed_ids))) % 10**8:08d}.jsonl"
-        tmp = target.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as out:
-            for article in collected.articles:
-                out.write(article.model_dump_json() + "\n")
-        tmp.replace(target)
-        staged = str(target)
     reports = collected.feed_reports
     return ShardSummary(
         staged_path=staged,

@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.commands.options import CONFIG_OPTION, JSON_OPTION
+from pipeline.commands.options import parse_now as parse_iso
 from pipeline.config import AppConfig
 
 if TYPE_CHECKING:
@@ -30,14 +32,6 @@ if TYPE_CHECKING:
 console = Console()
 err = Console(stderr=True)
 
-CONFIG_OPTION = typer.Option(
-    None,
-    "--config",
-    "-c",
-    help="Config directory (default: $STANCEWATCH_CONFIG or the project's config/).",
-    show_default=False,
-)
-JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
 STATUSES = ("pending", "sent", "failed", "suppressed")
 
 alerts_app = typer.Typer(
@@ -90,15 +84,8 @@ def parse_since(value: str | None, *, now: datetime) -> datetime | None:
 
 
 def parse_now(value: str | None) -> datetime:
-    from pipeline.notify import parse_when
-
-    try:
-        return parse_when(value) or datetime.now(UTC)
-    except ValueError:
-        raise typer.BadParameter(
-            f"'{value}' is not an ISO 8601 date-time (e.g. 2025-03-15T12:00:00Z)",
-            param_hint="--now",
-        ) from None
+    """--now, defaulting to the current time."""
+    return parse_iso(value) or datetime.now(UTC)
 
 
 SHORT_ID = 12

@@ -17,17 +17,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.commands.options import CONFIG_OPTION
 from pipeline.config import AppConfig
 
 console = Console()
-
-CONFIG_OPTION = typer.Option(
-    None,
-    "--config",
-    "-c",
-    help="Config directory (default: $STANCEWATCH_CONFIG or the project's config/).",
-    show_default=False,
-)
 
 feeds_app = typer.Typer(
     help="The configured feeds: list them, check them now, see their health.",

@@ -3,46 +3,17 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.commands.options import CONFIG_OPTION, NOW_OPTION, parse_now
 from pipeline.config import AppConfig, ConfigError
 
 console = Console()
 err = Console(stderr=True)
-
-CONFIG_OPTION = typer.Option(
-    None,
-    "--config",
-    "-c",
-    help="Config directory (default: $STANCEWATCH_CONFIG or the project's config/).",
-    show_default=False,
-)
-NOW_OPTION = typer.Option(
-    None,
-    "--now",
-    help="Fix the clock (ISO 8601, e.g. 2025-03-15T12:00:00Z) for replays, demos and tests.",
-    show_default=False,
-)
-
-
-def parse_now(value: str | None) -> datetime | None:
-    """ISO 8601 to an aware UTC datetime; a clear error otherwise."""
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise typer.BadParameter(
-            f"'{value}' is not an ISO 8601 date-time", param_hint="--now"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def print_summary(summary: object, *, title: str) -> None:

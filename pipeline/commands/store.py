@@ -16,18 +16,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.commands.options import CONFIG_OPTION
 from pipeline.config import AppConfig
 
 console = Console()
 err = Console(stderr=True)
-
-CONFIG_OPTION = typer.Option(
-    None,
-    "--config",
-    "-c",
-    help="Config directory (default: $STANCEWATCH_CONFIG or the project's config/).",
-    show_default=False,
-)
 
 spool_app = typer.Typer(
     help="The local spool of documents written while Elasticsearch was unavailable.",
