@@ -137,19 +137,25 @@ def _stop(server: Standalone) -> list[str]:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     for proc in _alive(server.seen_pids, pgid):  # strays that left the group
-        proc.terminate()
+        # A process may exit between the listing and the signal: that is what we want.
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            proc.terminate()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and _alive(server.seen_pids, pgid):
         time.sleep(0.5)
     for proc in _alive(server.seen_pids, pgid):
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
             proc.kill()
     try:
         server.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         server.process.kill()
     time.sleep(1)
-    return [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in _alive(server.seen_pids, pgid)]
+    survivors = []
+    for proc in _alive(server.seen_pids, pgid):
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            survivors.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+    return survivors
 
 
 @pytest.fixture
