@@ -201,6 +201,14 @@ class ClassifierSettings(_Strict):
         default="auto", description="bfloat16 autocast on CPU when it matches fp32 outputs"
     )
     threads: int | None = Field(default=None, ge=1, description="torch threads; default = cores")
+    engine: Literal["auto", "onnx", "torch"] = Field(
+        default="auto",
+        description="Encoder runtime. 'onnx' = ONNX Runtime with fused BERT kernels, same fp32 "
+        "vectors as PyTorch (cosine >= 0.9999, checked at load) and faster on CPUs without "
+        "native bf16; its graph is exported once into <data dir>/model-cache. 'torch' = "
+        "PyTorch (needed for bf16 autocast). 'auto' = onnx when onnxruntime is importable and "
+        "the export works, else torch; torch where bf16 is in use",
+    )
 
 
 class StoreSettings(_Strict):
