@@ -376,10 +376,11 @@ def parse_feed(
     try:
         parsed = feedparser.parse(
             io.BytesIO(data),  # a stream: feedparser never opens files or URLs for us
-            response_headers={
-                "content-type": "application/xml; charset=utf-8",
-                **({"content-location": base_url} if base_url else {}),
-            },
+            # No Content-Location: given a base URL, feedparser joins it with every
+            # element's xml:base and every link (urljoin per element, a third of its
+            # time). Relative links are joined with ``base_url`` in ``_item`` instead;
+            # an absolute xml:base in the document is still applied by feedparser.
+            response_headers={"content-type": "application/xml; charset=utf-8"},
             sanitize_html=False,  # we reduce everything to text in normalize
             resolve_relative_uris=False,
         )
@@ -492,7 +493,7 @@ def _item(
                 if link:
                     break
     if link is None and guid and entry.get("guidislink", True):
-        link = _http_link(guid, None)
+        link = _http_link(guid, base_url)
     if link is None:
         raw = entry.get("link") or guid
         if raw and urlsplit(str(raw)).scheme.lower() not in ("", "http", "https"):
