@@ -27,7 +27,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -282,12 +282,34 @@ def collect(
     return result
 
 
+class _Opaque(Generic[T]):
+    """A task result with a constant repr.
+
+    On leaving ``asyncio.run`` in the main thread, Python 3.11 restores the SIGINT handler
+    and ``signal.signal`` formats the old one, a partial holding the main task, with
+    ``%r``: the task's repr includes its result, and the full pydantic repr of a
+    20,000-article CollectResult took seconds (twice), after collection had finished.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<result>"
+
+
+async def _opaque(coro: Coroutine[Any, Any, T]) -> _Opaque[T]:
+    return _Opaque(await coro)
+
+
 def _run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """asyncio.run, also from code that already runs an event loop (notebooks)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(factory())
+        return asyncio.run(_opaque(factory())).value
     box: dict[str, Any] = {}
 
     def runner() -> None:

@@ -330,6 +330,30 @@ def test_parse_pool_gives_the_same_result(server: HTTPServer, tmp_path: Path) ->
     ]
 
 
+def test_the_result_is_never_formatted_on_the_way_out(
+    server: HTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Leaving asyncio.run in the main thread (Python 3.11) formats the main task, result
+    # included; for 20,000 articles that full repr cost seconds after the work was done.
+    import threading
+
+    assert threading.current_thread() is threading.main_thread()
+
+    formatted: list[str] = []
+
+    def counting_repr(self: CollectResult) -> str:
+        formatted.append("repr")  # reprlib swallows exceptions: count instead of raising
+        return "CollectResult(...)"
+
+    monkeypatch.setattr(CollectResult, "__repr__", counting_repr)
+    url = serve(server, "/eew.xml", "eastern-europe-wire.rss.xml")
+    result = collect(
+        write_config(tmp_path, [{"id": "eew", "url": url}]), states={}, lookup=None, now=NOW
+    )
+    assert len(result.articles) == 5
+    assert formatted == []
+
+
 def test_permanent_redirect_is_reported(server: HTTPServer, tmp_path: Path) -> None:
     server.expect_request("/old.xml").respond_with_data(
         "", status=301, headers={"Location": "/new.xml"}
