@@ -330,6 +330,33 @@ def test_parse_pool_gives_the_same_result(server: HTTPServer, tmp_path: Path) ->
     ]
 
 
+def test_a_parse_pool_that_cannot_start_falls_back_to_threads(
+    server: HTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    import pipeline.collect
+
+    def dead_pool(processes: int) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(max_workers=processes)
+        pool.shutdown()  # every submit now raises, as when workers cannot be started
+        return pool
+
+    feeds = [
+        {"id": "eew", "url": serve(server, "/eew.xml", "eastern-europe-wire.rss.xml")},
+        {"id": "danube", "url": serve(server, "/danube.xml", "danube-herald.rss.xml")},
+    ]
+    expected = collect(
+        write_config(tmp_path, feeds, parse_processes=1), states={}, lookup=None, now=NOW
+    )
+    monkeypatch.setattr(pipeline.collect, "_make_pool", dead_pool)
+    result = collect(
+        write_config(tmp_path, feeds, parse_processes=2), states={}, lookup=None, now=NOW
+    )
+    assert all(r.ok for r in result.feed_reports)
+    assert [a.model_dump() for a in result.articles] == [a.model_dump() for a in expected.articles]
+
+
 def test_the_result_is_never_formatted_on_the_way_out(
     server: HTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
