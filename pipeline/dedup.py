@@ -220,30 +220,41 @@ class NearDuplicateIndex:
         ).hashranges
         itemsize = _seed_minhash(settings.num_perm).hashvalues.itemsize
         self._slices = [(start * itemsize, end * itemsize) for start, end in bands]
-        self._tables: list[dict[bytes, list[str]]] = [{} for _ in bands]
+        # A bucket is one id (almost every band key is unique) or a list of ids: hundreds
+        # of thousands of one-element lists cost memory and garbage-collector time.
+        self._tables: list[dict[bytes, str | list[str]]] = [{} for _ in bands]
         self._entries: dict[str, _Entry] = {}
 
     def signature(self, title: str, summary: str, body: str = "") -> np.ndarray | None:
         """MinHash values of a text, or None when it is too short to cluster safely."""
         return text_signature(title, summary, body, self.settings)
 
-    def _bands(self, signature: np.ndarray) -> list[bytes]:
+    def bands(self, signature: np.ndarray) -> list[bytes]:
+        """The signature's band keys (pass them to ``add``/``best_match`` to reuse them)."""
         raw = signature.tobytes()
         return [raw[start:end] for start, end in self._slices]
 
     def add(
-        self, record_id: str, published: datetime, cluster_id: str | None, signature: np.ndarray
+        self,
+        record_id: str,
+        published: datetime,
+        cluster_id: str | None,
+        signature: np.ndarray,
+        bands: list[bytes] | None = None,
     ) -> None:
         if record_id in self._entries:
             self.remove(record_id)
-        bands = self._bands(signature)
+        if bands is None:
+            bands = self.bands(signature)
         self._entries[record_id] = _Entry(
             record_id, published, cluster_id or record_id, signature, bands
         )
         for table, key in zip(self._tables, bands, strict=True):
             bucket = table.get(key)
             if bucket is None:
-                table[key] = [record_id]
+                table[key] = record_id
+            elif isinstance(bucket, str):
+                table[key] = [bucket, record_id]
             else:
                 bucket.append(record_id)
 
@@ -253,9 +264,12 @@ class NearDuplicateIndex:
             return
         for table, key in zip(self._tables, entry.bands, strict=True):
             bucket = table[key]
-            bucket.remove(record_id)
-            if not bucket:
+            if isinstance(bucket, str):
                 del table[key]
+            else:
+                bucket.remove(record_id)
+                if len(bucket) == 1:
+                    table[key] = bucket[0]
 
     def add_records(self, records: Iterable[DedupRecord]) -> None:
         for record in records:
@@ -263,17 +277,24 @@ class NearDuplicateIndex:
             if sig is not None:
                 self.add(record.id, record.published, record.cluster_id, sig)
 
-    def candidates(self, signature: np.ndarray) -> Iterator[str]:
-        """Ids sharing at least one band with ``signature``, each once, oldest first per band."""
+    def candidates(self, bands: list[bytes]) -> Iterator[str]:
+        """Ids sharing at least one band key, each once, oldest first per band."""
         seen: set[str] = set()
-        for table, key in zip(self._tables, self._bands(signature), strict=True):
-            for record_id in table.get(key, ()):
+        for table, key in zip(self._tables, bands, strict=True):
+            bucket = table.get(key)
+            if bucket is None:
+                continue
+            for record_id in (bucket,) if isinstance(bucket, str) else bucket:
                 if record_id not in seen:
                     seen.add(record_id)
                     yield record_id
 
     def best_match(
-        self, signature: np.ndarray, published: datetime, exclude: str
+        self,
+        signature: np.ndarray,
+        published: datetime,
+        exclude: str,
+        bands: list[bytes] | None = None,
     ) -> tuple[_Entry, float] | None:
         """The most similar indexed article within the time window, if similar enough.
 
@@ -283,7 +304,7 @@ class NearDuplicateIndex:
         best: tuple[_Entry, float] | None = None
         scored = 0
         size = len(signature)
-        for key in self.candidates(signature):
+        for key in self.candidates(self.bands(signature) if bands is None else bands):
             entry = self._entries[key]
             if entry.id == exclude:
                 continue
@@ -332,12 +353,13 @@ def cluster_near_duplicates(
                 update={"cluster_id": None, "duplicate_of": None}
             )
             continue
-        match = index.best_match(sig, article.published, exclude=article.id)
+        bands = index.bands(sig)
+        match = index.best_match(sig, article.published, exclude=article.id, bands=bands)
         if match is None:
             cluster_id, duplicate_of = article.id, None
         else:
             cluster_id, duplicate_of = match[0].cluster_id, match[0].id
-        index.add(article.id, article.published, cluster_id, sig)
+        index.add(article.id, article.published, cluster_id, sig, bands)
         updated[article.id] = article.model_copy(
             update={"cluster_id": cluster_id, "duplicate_of": duplicate_of}
         )

@@ -178,3 +178,26 @@ def test_excerpt_and_full_text_copies_compare_by_their_lede() -> None:
     )
     out = {x.id: x for x in cluster_near_duplicates([wire, copy], [], SETTINGS)}
     assert out[copy.id].duplicate_of == wire.id
+
+
+def test_index_scores_like_datasketch_and_replaces_a_re_added_article() -> None:
+    from datasketch import LeanMinHash
+
+    from pipeline.dedup import NearDuplicateIndex, text_signature
+
+    index = NearDuplicateIndex(SETTINGS)
+    wire = text_signature("", WIRE, "", SETTINGS)
+    edited = text_signature("", WIRE.replace("cautious step", "careful step"), "", SETTINGS)
+    assert wire is not None and edited is not None
+    index.add("a", NOW - timedelta(hours=2), None, wire)
+    index.add("b", NOW - timedelta(hours=1), "a", wire)  # same band keys: shared buckets
+    match = index.best_match(edited, NOW, exclude="x")
+    assert match is not None and match[0].id == "a"  # equal scores: the older one
+    lean = [LeanMinHash(seed=1, hashvalues=v, scheme="affine32") for v in (wire, edited)]
+    assert match[1] == lean[0].jaccard(lean[1]) and 0.7 <= match[1] < 1.0
+    index.add("a", NOW - timedelta(hours=2), None, edited)  # re-indexed with a new text
+    assert list(index.candidates(index.bands(wire))) == ["b", "a"]
+    index.remove("b")
+    index.remove("a")
+    assert list(index.candidates(index.bands(wire))) == []
+    assert all(not table for table in index._tables)
