@@ -229,9 +229,10 @@ def _make_pool(processes: int) -> Executor:
     method = "forkserver" if "forkserver" in methods else "spawn"
     context = multiprocessing.get_context(method)
     if method == "forkserver":
-        # Import the parsing stack once in the fork server; each worker then starts as a
-        # fork of it instead of importing feedparser, courlan, datasketch... again.
-        context.set_forkserver_preload(["pipeline.collect"])
+        # Import the parsing stack and load the language model once in the fork server;
+        # each worker then starts as a fork of it instead of importing feedparser,
+        # courlan, datasketch... and loading the model again.
+        context.set_forkserver_preload(["pipeline.parse_preload"])
     return ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_warm_worker)
 
 
