@@ -321,6 +321,11 @@ async def _opaque(coro: Coroutine[Any, Any, T]) -> _Opaque[T]:
     return _Opaque(await coro)
 
 
+_gc_lock = threading.Lock()
+_gc_holders = 0
+_gc_saved: tuple[int, int, int] = gc.get_threshold()
+
+
 @contextlib.contextmanager
 def no_full_gc() -> Iterator[None]:
     """No full (oldest-generation) garbage collections inside the block; young ones go on.
@@ -332,12 +337,19 @@ def no_full_gc() -> Iterator[None]:
     cycles of the HTTP stack; what reaches the oldest generation waits until after the
     block, when the previous thresholds are restored.
     """
-    young, middle, old = gc.get_threshold()
-    gc.set_threshold(young, middle, 1_000_000_000)
+    global _gc_holders, _gc_saved
+    with _gc_lock:  # overlapping blocks (threads): the first saves, the last restores
+        if _gc_holders == 0:
+            _gc_saved = gc.get_threshold()
+            gc.set_threshold(_gc_saved[0], _gc_saved[1], 1_000_000_000)
+        _gc_holders += 1
     try:
         yield
     finally:
-        gc.set_threshold(young, middle, old)
+        with _gc_lock:
+            _gc_holders -= 1
+            if _gc_holders == 0:
+                gc.set_threshold(*_gc_saved)
 
 
 def _run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -694,6 +706,20 @@ def articles_from_records(
     Record shape: ``{"url", "title", "text" | "summary", "published"[, "id", "source",
     "language"]}``; the article id comes from the canonical URL.
     """
+    with no_full_gc():
+        return _articles_from_records(
+            records, now=now, lookup=lookup, config=config, settings=settings
+        )
+
+
+def _articles_from_records(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    now: datetime,
+    lookup: ArticleLookup | None,
+    config: AppConfig | None,
+    settings: Settings | None,
+) -> RecordsResult:
     chosen = settings or (config.settings if config is not None else Settings())
     problems: list[str] = []
     built: list[Article] = []

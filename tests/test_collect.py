@@ -577,3 +577,29 @@ def test_bundled_demo_matches_its_answer_key() -> None:
     clamped = [a for a in result.articles if a.date_flags == ["future_clamped"]]
     assert [a.published for a in clamped] == [now]
     assert not any("utm_" in a.canonical_url for a in result.articles)
+
+
+def test_no_full_gc_restores_the_thresholds_after_overlapping_blocks() -> None:
+    import gc
+    import threading
+
+    from pipeline.collect import no_full_gc
+
+    before = gc.get_threshold()
+    inside = threading.Event()
+    release = threading.Event()
+
+    def other_run() -> None:
+        with no_full_gc():
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other_run)
+    with no_full_gc():
+        assert gc.get_threshold()[2] > 1_000_000
+        thread.start()
+        assert inside.wait(5)
+    assert gc.get_threshold()[2] > 1_000_000  # the other run still holds it
+    release.set()
+    thread.join(5)
+    assert gc.get_threshold() == before
