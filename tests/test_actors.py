@@ -114,3 +114,34 @@ def test_unconfigured_names_are_reported_normalised(resolver: ActorResolver) -> 
 def test_normalise_name() -> None:
     assert normalise_name("President Ivan Petrov's") == "Ivan Petrov"
     assert normalise_name("the SOUTHERN DEFENCE LEAGUE") == "Southern Defence League"
+
+
+def test_government_institutions_speak_for_the_government(resolver: ActorResolver) -> None:
+    # Generated from the forms of configured aliases: "Israeli officials" gives "an Israeli
+    # official", "Israeli cabinet" ...; a head of government's office speaks for it too.
+    text = (
+        "An Israeli official said the cabinet would vote on Thursday. "
+        "Netanyahu's office said the deal was not final. "
+        "Azerbaijan's delegation said Baku was ready to sign."
+    )
+    a = analyse(resolver, text)
+    found = {(m.text, m.actor) for m in a.mentions if m.source == "alias"}
+    assert ("Israeli official", "Israeli government") in found
+    assert ("Netanyahu's office", "Israeli government") in found
+    assert ("Azerbaijan's delegation", "Government of Azerbaijan") in found
+
+
+def test_fuzzy_surname_inside_another_name_is_not_taken(resolver: ActorResolver) -> None:
+    # "Abdirahman" is close to a configured "Abdulrahman", but here it is the first name of
+    # someone else, followed by more of that person's name.
+    a = analyse(resolver, "Somaliland's President Abdirahman Mohamed Abdullahi said on Monday.")
+    assert not [m for m in a.mentions if m.source == "fuzzy"]
+    # a misspelt surname after a sentence opener or a title is still found
+    assert analyse(resolver, "Meanwhile Stoltenbreg said no.").actors == ["Jens Stoltenberg"]
+
+
+def test_longest_name_wins_over_an_earlier_shorter_alias(resolver: ActorResolver) -> None:
+    # "the Polisario" starts first, but "Polisario Front" is the fuller name.
+    a = analyse(resolver, "The Polisario Front said it would not take part.")
+    [m] = a.mentions
+    assert (m.actor, m.text) == ("Polisario Front", "Polisario Front")

@@ -120,6 +120,15 @@ _TITLE_WORDS = frozenset(
     spokeswoman spokesperson senator commander colonel lieutenant major captain"""
     )
 )
+#: Capitalised at the start of a sentence without being part of a name.
+_SENTENCE_OPENERS = frozenset(
+    _words(
+        """meanwhile but and however when while after before then also still yet so now later
+    earlier asked speaking instead separately elsewhere there here since as if though although
+    in on at by for from with without under over during against according his her their its
+    the a an this that these those both neither either"""
+    )
+)
 _QUOTE_CHARS = '"“”'
 _DEMONYMS = _words(
     """azerbaijani armenian ukrainian russian israeli palestinian iranian sudanese congolese
@@ -129,6 +138,75 @@ _DEMONYMS = _words(
     hungarian polish finnish swiss dutch italian spanish belarusian western eastern northern
     southern senior former acting deputy"""
 )
+
+
+#: Institutions that speak for a government: "Somalia's foreign ministry", "an Israeli official".
+_INSTITUTIONS = (
+    "government", "officials", "official", "authorities", "foreign ministry",
+    "foreign affairs ministry", "information ministry", "defence ministry", "defense ministry",
+    "delegation", "negotiators", "negotiating team", "side", "administration", "cabinet",
+    "leadership", "presidency", "foreign office", "mission to the UN",
+)  # fmt: skip
+_INSTITUTION_ALIAS = re.compile(
+    r"^(?:the )?(?P<form>[A-Z][\w.-]*(?: [A-Z][\w.-]*)?)(?P<poss>['’]s)? (?:"
+    + "|".join(_INSTITUTIONS)
+    + r")$"
+)
+
+
+def institution_aliases(actors: Sequence[ActorConfig]) -> dict[str, list[str]]:
+    """More aliases for governments, generated from the forms their own aliases use.
+
+    A government configured with "Azerbaijani government" and "Azerbaijan's foreign ministry"
+    also answers to "Azerbaijani officials", "an Azerbaijani official", "Azerbaijan's
+    delegation" ...; "Government of Somalia" to "Somalia's foreign ministry"; and a person's
+    office ("Netanyahu's office") speaks for the government of the person's country when the
+    person holds a head-of-government title there and the country has exactly one configured
+    government. Phrases configured for another actor are never taken over.
+    """
+    taken = {fold(p).casefold() for a in actors for p in [a.name, *a.aliases, *a.speaker_aliases]}
+    out: dict[str, list[str]] = {}
+    governments: dict[str, list[str]] = {}
+    for a in actors:
+        if a.kind != "government":
+            continue
+        if a.country:
+            governments.setdefault(a.country, []).append(a.name)
+        demonyms: set[str] = set()
+        possessives: set[str] = set()
+        for alias in a.aliases:
+            m = _INSTITUTION_ALIAS.match(alias)
+            if m:
+                (possessives if m.group("poss") else demonyms).add(m.group("form"))
+        if a.name.startswith("Government of "):
+            possessives.add(a.name.removeprefix("Government of "))
+        elif " " not in a.name:  # "Qatar", "Egypt", "Turkey"
+            possessives.add(a.name)
+        possessives.update(x for x in a.speaker_aliases if " " not in x and x[:1].isupper())
+        new = [f"{d} {inst}" for d in demonyms for inst in _INSTITUTIONS]
+        new += [f"{c}'s {inst}" for c in possessives for inst in _INSTITUTIONS]
+        keep = []
+        for phrase in new:
+            key = fold(phrase).casefold()
+            if key not in taken:
+                taken.add(key)
+                keep.append(phrase)
+        out[a.name] = keep
+    for a in actors:
+        owners = governments.get(a.country or "", [])
+        heads = ("president", "prime minister", "premier", "chancellor")
+        if (
+            a.kind != "person"
+            or len(owners) != 1
+            or not any(h in r.title.casefold() for r in a.roles for h in heads)
+        ):
+            continue
+        for alias in [a.name, *a.aliases]:
+            phrase = f"{alias}'s office"
+            if fold(phrase).casefold() not in taken:
+                taken.add(fold(phrase).casefold())
+                out.setdefault(owners[0], []).append(phrase)
+    return out
 
 
 @dataclass(frozen=True)
@@ -203,8 +281,14 @@ class ActorResolver:
         self.excluded = {fold(x).casefold() for x in exclude}
         self._matcher: PhraseMatcher[_Entry] = PhraseMatcher()
         self._surnames: dict[str, str] = {}
+        #: Other words of each configured person's names ("volodymyr" for Zelenskyy), so a
+        #: fuzzy surname after an unknown first name ("Mohamed Abdullahi") is not taken.
+        self._name_words: dict[str, set[str]] = {}
+        generated = institution_aliases(actors)
         for a in actors:
-            self._matcher.add_many([a.name, *a.aliases], _Entry(a.name, a.kind, "alias"))
+            self._matcher.add_many(
+                [a.name, *a.aliases, *generated.get(a.name, [])], _Entry(a.name, a.kind, "alias")
+            )
             for alias in a.speaker_aliases:
                 self._matcher.add(alias, _Entry(a.name, a.kind, "speaker_alias"))
             for role in a.roles:
@@ -212,6 +296,9 @@ class ActorResolver:
                     role.title, _Entry(a.name, a.kind, "role", role.valid_from, role.valid_until)
                 )
             if a.kind == "person":
+                self._name_words[a.name] = {
+                    w.casefold() for alias in [a.name, *a.aliases] for w in fold(alias).split()
+                }
                 for alias in [a.name, *a.aliases]:
                     word = fold(alias).split()[-1]
                     if (
@@ -323,6 +410,21 @@ class ActorResolver:
             if not found or found[0][0] != key[0]:
                 continue
             actor = self._surnames[found[0]]
+            prev = tokens[i - 1].text if i > 0 and sent_of[i - 1] == sent_of[i] else ""
+            if (
+                prev[:1].isupper()
+                and prev.isalpha()
+                and prev.casefold() not in _TITLE_WORDS
+                and prev.casefold() not in _SENTENCE_OPENERS
+                and (i - 1) not in covered
+                and not any(
+                    fuzz.ratio(prev.casefold(), w) >= 80 for w in self._name_words.get(actor, ())
+                )
+            ):
+                continue  # part of another person's name
+            nxt = tokens[i + 1].text if i + 1 < len(tokens) and sent_of[i + 1] == sent_of[i] else ""
+            if nxt[:1].isupper() and nxt.isalpha() and (i + 1) not in covered:
+                continue  # a surname ends a name: "Abdirahman Mohamed Abdullahi" is someone else
             out.append(
                 ActorMention(
                     actor,

@@ -51,6 +51,15 @@ class PhraseMatcher(Generic[V]):
         for phrase in phrases:
             self.add(phrase, value)
 
+    def _longest(
+        self, toks: Sequence[Token], words: Sequence[str], lowered: Sequence[str], i: int
+    ) -> Match[V] | None:
+        for n in range(min(self.max_len, len(toks) - i), 1, -1):
+            values = self._phrases.get(tuple(lowered[i : i + n]))
+            if values:
+                return Match(toks[i].start, toks[i + n - 1].end, i, i + n, tuple(values))
+        return None
+
     def find(self, text: str, tokens: Sequence[Token] | None = None) -> list[Match[V]]:
         toks = list(tokens) if tokens is not None else tokenize(text)
         words = [t.text for t in toks]
@@ -69,6 +78,13 @@ class PhraseMatcher(Generic[V]):
                     hit = Match(toks[i].start, toks[i + n - 1].end, i, i + n, tuple(values))
                     break
             if hit is not None:
+                # "The Polisario Front": "the Polisario" starts first but "Polisario Front"
+                # reaches further; the phrase that ends later is the fuller name.
+                for j in range(i + 1, hit.last_token):
+                    later = self._longest(toks, words, lowered, j)
+                    if later is not None and later.last_token > hit.last_token:
+                        hit = later
+                        break
                 out.append(hit)
                 i = hit.last_token
             else:
