@@ -626,4 +626,3 @@ class AppConfig:
                 )
             feeds = [f for f in self.feeds if f.id in ids]
         return feeds
-

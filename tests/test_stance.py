@@ -36,6 +36,16 @@ def test_mark_actor_replaces_every_mention_of_the_actor() -> None:
     assert mark_actor(quoted, [carried]) == f'{MARKER} said: "Never," it went on.'
 
 
+def test_mark_actor_merges_a_title_and_a_name_side_by_side() -> None:
+    # "Kosovo's Prime Minister" (role title) + "Albin Kurti" (name): one marker, as in the
+    # labelled sentences the stance head learnt from.
+    text = "Kosovo's Prime Minister Albin Kurti said no."
+    s = Sentence(0, len(text), text)
+    assert mark_actor(s, [mention(text, 0, 23, "role"), mention(text, 24, 35)]) == (
+        f"{MARKER} said no."
+    )
+
+
 def test_mark_text_for_labelled_sentences() -> None:
     assert mark_text("Kuleba said no.", "Kuleba") == f"{MARKER} said no."
     assert mark_text("The minister said no.", "THE MINISTER") == f"{MARKER} said no."

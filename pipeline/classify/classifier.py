@@ -24,12 +24,14 @@ from pydantic import BaseModel, Field, field_validator
 
 from pipeline.classify.actors import ActorAnalysis, ActorResolver
 from pipeline.classify.encoder import ArticleEncoding, Encoder
+from pipeline.classify.polarity import Parse, Parser
 from pipeline.classify.sentences import Sentence, split_sentences
 from pipeline.classify.stance import (
     STANCES,
     Candidate,
     StanceModel,
     aggregate,
+    candidate_cues,
     candidates,
     group_pairs,
     pair_contexts,
@@ -110,6 +112,7 @@ class LocalClassifier(Classifier):
         *,
         version: str = "0",
         use_ner: bool = True,
+        parser: Any = None,
     ) -> None:
         self.encoder = encoder
         self.topic_model = topic_model
@@ -119,6 +122,8 @@ class LocalClassifier(Classifier):
         self.name = f"stancewatch-local/{encoder.name}"
         self.version = version
         self.use_ner = use_ner
+        #: Dependency parses of candidate sentences (``parse(texts) -> list[Parse]``).
+        self.parser = parser or Parser()
         #: Pair probabilities of the last postprocess() call's stances (per item).
         self.pair_log: list[list[float]] = []
 
@@ -249,6 +254,7 @@ class LocalClassifier(Classifier):
         )
         index = {t: k for k, t in enumerate(texts)}
         vecs = self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim))
+        attach_cues(prepared, per_item, dict(zip(texts, self.parser.parse(texts), strict=True)))
         out: list[list[StanceMention]] = []
         self.pair_log = []
         for i, cands in enumerate(per_item):
@@ -265,6 +271,7 @@ class LocalClassifier(Classifier):
                         else vecs[:0],
                         [c.topic for c in cands],
                         [c.marked for c in cands],
+                        [c.cues for c in cands],
                     ),
                     topic_probs[i],
                     self.stance_model,
@@ -272,6 +279,19 @@ class LocalClassifier(Classifier):
                 )
             )
         return out
+
+
+def attach_cues(
+    prepared: Sequence[Prepared], per_item: Sequence[Sequence[Candidate]], parses: dict[str, Parse]
+) -> None:
+    """Polarity cues (pipeline/classify/polarity.py) for every candidate, from the parse of
+    its sentence; one parse per distinct sentence, shared by the actors in it."""
+    for p, cands in zip(prepared, per_item, strict=True):
+        for c in cands:
+            sentence = p.sentences[c.sentence]
+            parse = parses.get(sentence.text)
+            if parse is not None:
+                c.cues = candidate_cues(parse, sentence, c.mentions)
 
 
 #: Mention sources that name a speaker outright (not pronouns or carried quotes).

@@ -94,6 +94,11 @@ class StanceScores:
         total = sum(matched.values())
         return sum(n for (g, p), n in matched.items() if g == p) / total if total else 0.0
 
+    def gold_only(self) -> StanceScores:
+        """The same counts without invented pairs: scores over gold pairs only (a missed pair
+        still counts as wrong), the reading of an evaluator that ignores extra pairs."""
+        return StanceScores(Counter({k: n for k, n in self.confusion.items() if k[0] != NONE}))
+
     @property
     def matched_macro_f1(self) -> float:
         """Macro-F1 over pairs found by both gold and prediction (stance quality alone)."""

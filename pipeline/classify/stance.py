@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.classify.actors import ActorAnalysis, ActorMention
 from pipeline.classify.heads import HybridHead
+from pipeline.classify.polarity import Cues, Parse, actor_cues
 from pipeline.classify.sentences import Sentence
 from pipeline.config import TOPICS
 
@@ -42,9 +43,17 @@ _SOURCES = ("alias", "role", "speaker_alias", "fuzzy", "ner", "pronoun", "nomina
 
 def mark_actor(sentence: Sentence, mentions: Sequence[ActorMention]) -> str:
     """The sentence with the actor's mentions replaced by the marker."""
-    spans = sorted(
-        {(m.start, m.end) for m in mentions if m.end > m.start},
-    )
+    spans: list[tuple[int, int]] = []
+    for start, end in sorted({(m.start, m.end) for m in mentions if m.end > m.start}):
+        # "Kosovo's Prime Minister" + "Albin Kurti" side by side: one marker, as in the
+        # labelled sentences the head learnt from.
+        if (
+            spans
+            and not sentence.text[spans[-1][1] - sentence.start : start - sentence.start].strip()
+        ):
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        else:
+            spans.append((start, end))
     if not spans:
         return f"{MARKER} said: {sentence.text}"
     out: list[str] = []
@@ -59,15 +68,30 @@ def mark_actor(sentence: Sentence, mentions: Sequence[ActorMention]) -> str:
     return "".join(out)
 
 
+def mention_span(sentence: str, mention: str) -> tuple[int, int] | None:
+    """Character span of a labelled mention in its sentence (whole words), if found."""
+    if not mention:
+        return None
+    # Whole words only: the mention "he" must not match inside "the".
+    pattern = r"(?<!\w)" + re.escape(mention) + r"(?!\w)"
+    found = re.search(pattern, sentence) or re.search(pattern, sentence, re.IGNORECASE)
+    return (found.start(), found.end()) if found else None
+
+
 def mark_text(sentence: str, mention: str) -> str:
     """Marker for labelled sentences: replace the mention as written, else prefix it."""
-    if mention:
-        # Whole words only: the mention "he" must not match inside "the".
-        pattern = r"(?<!\w)" + re.escape(mention) + r"(?!\w)"
-        found = re.search(pattern, sentence) or re.search(pattern, sentence, re.IGNORECASE)
-        if found:
-            return sentence[: found.start()] + MARKER + sentence[found.end() :]
+    span = mention_span(sentence, mention)
+    if span:
+        return sentence[: span[0]] + MARKER + sentence[span[1] :]
     return f"{MARKER} said: {sentence}"
+
+
+def candidate_cues(parse: Parse, sentence: Sentence, mentions: Sequence[ActorMention]) -> Cues:
+    """Polarity cues of one actor in one sentence (mention offsets made sentence-relative)."""
+    spans = [
+        (m.start - sentence.start, m.end - sentence.start) for m in mentions if m.end > m.start
+    ]
+    return actor_cues(parse, spans)
 
 
 _TAGS = ("tc", "pt")
@@ -80,9 +104,11 @@ def tag_words(text: str, topic: int) -> str:
     return " ".join(f"{_TAGS[topic]}_{w}" for w in _WORD.findall(text.lower()))
 
 
-def stance_text(marked: str, topic: int) -> str:
-    """Text features of the sentence stance head: plain and topic-tagged words."""
-    return f"{marked} {tag_words(marked, topic)}"
+def stance_text(marked: str, topic: int, cues: Cues | None = None) -> str:
+    """Text features of the sentence stance head: plain and topic-tagged words, plus the
+    parse's polarity cues for this actor and topic (pipeline/classify/polarity.py)."""
+    text = f"{marked} {cues.text(topic)}" if cues is not None else marked
+    return f"{text} {tag_words(text, topic)}"
 
 
 def pair_text(group: Sequence[Candidate]) -> str:
@@ -109,6 +135,7 @@ class Candidate:
     marked: str
     topic_score: float
     speaker: bool
+    cues: Cues | None = None
 
 
 def candidates(
@@ -158,7 +185,7 @@ def pair_contexts(cands: Sequence[Candidate]) -> dict[int, PairContext]:
     return out
 
 
-N_PAIR_FEATURES = 20 + len(_KINDS) + len(_SOURCES)
+N_PAIR_FEATURES = 26 + len(_KINDS) + len(_SOURCES)
 
 
 def pair_features(
@@ -210,6 +237,18 @@ def pair_features(
         math.log1p(context.n_actors),
         float(speaker.any() and scores[speaker].max() >= context.best_speaker_score - 1e-6),
     ]
+    # What the parse says: does the actor hold a position in any of its sentences (subject
+    # of a verb, not "a visit to Putin"), and does its own clause speak of land / of talks?
+    holder = [c for c in group if c.cues is not None and c.cues.holder]
+    holder_scores = [c.topic_score for c in holder]
+    feats += [
+        float(bool(holder)),
+        float(max(holder_scores) / max(context.best_score, 1e-6)) if holder else 0.0,
+        float(any(c.cues.in_scope[topic] for c in holder if c.cues is not None)),
+        float(any(c.cues.polarity[topic] != 0 for c in holder if c.cues is not None)),
+        float(any(c.cues.in_scope[1 - topic] for c in holder if c.cues is not None)),
+        float(all(c.cues is not None and c.cues.role == "object" for c in group)),
+    ]
     feats += [float(kind == k) for k in _KINDS]
     sources = {m.source for m in mentions}
     feats += [float(s in sources) for s in _SOURCES]
@@ -234,11 +273,18 @@ class StanceModel:
     floor: float = CANDIDATE_FLOOR
 
     def sentence_probs(
-        self, embeddings: np.ndarray, topic_indices: Sequence[int], marked: Sequence[str]
+        self,
+        embeddings: np.ndarray,
+        topic_indices: Sequence[int],
+        marked: Sequence[str],
+        cues: Sequence[Cues | None] | None = None,
     ) -> np.ndarray:
         if len(topic_indices) == 0:
             return np.zeros((0, len(STANCES)), np.float32)
-        texts = [stance_text(m, t) for m, t in zip(marked, topic_indices, strict=True)]
+        cue_list = list(cues) if cues is not None else [None] * len(marked)
+        texts = [
+            stance_text(m, t, c) for m, t, c in zip(marked, topic_indices, cue_list, strict=True)
+        ]
         return self.sentence_head.predict_proba(stance_features(embeddings, topic_indices), texts)
 
     def pair_prob(self, features: np.ndarray, group: Sequence[Candidate]) -> float:
@@ -277,10 +323,12 @@ __all__ = [
     "Candidate",
     "StanceModel",
     "aggregate",
+    "candidate_cues",
     "candidates",
     "group_pairs",
     "mark_actor",
     "mark_text",
+    "mention_span",
     "pair_contexts",
     "pair_features",
     "pair_text",
