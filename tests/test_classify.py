@@ -180,3 +180,18 @@ def test_encoder_sentence_vectors_come_from_one_pass(classifier: LocalClassifier
     assert float(out.sentences[0] @ alone) > 0.8  # in-context vector, close to the sentence
     if enc.bf16_native is False:
         assert not enc.use_bf16  # emulated bf16 is slower than fp32: auto keeps fp32
+
+
+def test_engine_setting_reaches_the_encoder(
+    classifier: LocalClassifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The default config runs PyTorch; settings.yaml's classifier.engine picks the runtime.
+    assert classifier.encoder.engine == "torch"
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    for name in ("feeds.yaml", "actors.yaml", "territories.yaml"):
+        (config_dir / name).write_bytes((Path("config") / name).read_bytes())
+    (config_dir / "settings.yaml").write_text("classifier:\n  engine: onnx\n", encoding="utf-8")
+    monkeypatch.setenv("STANCEWATCH_DATA_DIR", str(tmp_path / "data"))
+    onnx = load_local(AppConfig(config_dir))
+    assert onnx.encoder.engine == "onnx"

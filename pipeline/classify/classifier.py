@@ -430,6 +430,7 @@ def load_local(config: AppConfig, encoder: Encoder | None = None) -> LocalClassi
         batch_size=settings.batch_size,
         bf16=settings.bf16,
         threads=settings.threads,
+        engine=settings.engine,
     )
     return LocalClassifier(
         enc,

@@ -6,8 +6,8 @@ contextual states). The sentence vectors cost nothing extra, which keeps the cla
 to the bare encoder's throughput (see benchmarks/bench_classify.py).
 
 Two engines run the same fp32 forward pass: ONNX Runtime with fused BERT kernels
-(pipeline/classify/onnx_encoder.py; faster on our CPUs, vectors within cosine 0.9999 of
-PyTorch) and PyTorch. ``engine="auto"`` takes ONNX when onnxruntime is importable and the
+(pipeline/classify/onnx_encoder.py; vectors within cosine 0.9999 of PyTorch, but 0.84-0.91x
+of PyTorch's speed on the 2-core reference machine, so not the default) and PyTorch. ``engine="auto"`` takes ONNX when onnxruntime is importable and the
 cached graph builds and checks out, else PyTorch; it keeps PyTorch where bf16 autocast is to
 be used (native bf16 CPUs), which ONNX does not do.
 
@@ -82,7 +82,7 @@ class Encoder:
         batch_size: int = 32,
         bf16: Literal["auto", "on", "off"] = "auto",
         threads: int | None = None,
-        engine: Engine = "auto",
+        engine: Engine = "torch",
         cache_dir: str | Path | None = None,
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer

@@ -340,6 +340,7 @@ def train(
         batch_size=settings.batch_size,
         bf16=settings.bf16,
         threads=settings.threads,
+        engine=settings.engine,
     )
     bf16_cosine = encoder.bf16_cosine
     if bf16_cosine is None:
