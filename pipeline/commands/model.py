@@ -17,15 +17,9 @@ from typing import IO, Any
 import typer
 from pydantic import ValidationError
 
+from pipeline.commands.options import CONFIG_OPTION
 from pipeline.config import AppConfig
 
-CONFIG_OPTION = typer.Option(
-    None,
-    "--config",
-    "-c",
-    help="Config directory (default: $STANCEWATCH_CONFIG or the project's config/).",
-    show_default=False,
-)
 #: Lines classified together; output is written after each batch (streaming).
 BATCH_LINES = 256
 
