@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Elasticsearch node, isolated index prefixes, config dirs.
+"""Shared fixtures: a real Elasticsearch node, isolated index prefixes, config dirs, a local
+HTTP server.
 
 The node is the one ``scripts/es-local`` runs. When the test run had to start it, the same
 fixture stops it at the end (by pid, through the script). ``STANCEWATCH_ES_URL`` points the
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ES_LOCAL = PROJECT_DIR / "scripts" / "es-local"
@@ -88,3 +90,23 @@ def sw_env(
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     return values
+
+
+@pytest.fixture(scope="module")
+def _server() -> Iterator[HTTPServer]:
+    # Threaded: slow handlers must not block the other requests of a test. One per module
+    # (stopping a server takes half a second).
+    srv = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def server(_server: HTTPServer) -> Iterator[HTTPServer]:
+    """A real local HTTP server (pytest-httpserver), with no handlers before and after a test."""
+    _server.clear()
+    yield _server
+    _server.clear()

@@ -16,24 +16,19 @@ port: the run only works if the connection wins, as documented.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
-import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from aiosmtpd.controller import Controller
 from conftest_airflow import DAGS_DIR, PROJECT_DIR, airflow_db  # noqa: F401  (fixture)
 from pytest_httpserver import HTTPServer
+from smtp_sink import Sink, running_smtp
 
 DEMO_DIR = PROJECT_DIR / "config" / "demo"
 DEMO_NOW = "2025-03-15T12:00:00Z"
@@ -53,58 +48,29 @@ def _show(config: pytest.Config, line: str) -> None:
         print(line, flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Sink:
-    """aiosmtpd handler: keeps every message it is given."""
-
-    received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 OK"
-
-    def messages(self) -> list[EmailMessage]:
-        return [
-            email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[misc]
-            for _, _, raw in self.received
-        ]
-
-
 @pytest.fixture
 def smtp_sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
     """A real SMTP server, reachable only through the Airflow connection ``smtp_default``."""
-    sink = Sink()
-    port = _free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    monkeypatch.delenv("STANCEWATCH_SMTP_URL", raising=False)
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_SMTP_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "smtp",
-                "host": "127.0.0.1",
-                "port": port,
-                "extra": {
-                    "disable_ssl": True,
-                    "disable_tls": True,
-                    "from_email": ALERT_FROM,
-                    "timeout": 10,
-                    "retry_limit": 0,
-                },
-            }
-        ),
-    )
-    try:
-        yield sink
-    finally:
-        controller.stop()
+    with running_smtp() as server:
+        monkeypatch.delenv("STANCEWATCH_SMTP_URL", raising=False)
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_SMTP_DEFAULT",
+            json.dumps(
+                {
+                    "conn_type": "smtp",
+                    "host": "127.0.0.1",
+                    "port": server.port,
+                    "extra": {
+                        "disable_ssl": True,
+                        "disable_tls": True,
+                        "from_email": ALERT_FROM,
+                        "timeout": 10,
+                        "retry_limit": 0,
+                    },
+                }
+            ),
+        )
+        yield server.sink
 
 
 @pytest.fixture

@@ -12,21 +12,15 @@ war news with no negotiation angle). Exactly one e-mail must go out, once.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from pytest_httpserver import HTTPServer
+from smtp_sink import Sink, running_smtp
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SCENARIO = PROJECT_DIR / "tests" / "fixtures" / "scenarios" / "nato-shift"
@@ -41,39 +35,10 @@ ITEMS = 21
 pytestmark = [pytest.mark.slow, pytest.mark.es]
 
 
-@dataclass
-class Inbox:
-    """aiosmtpd handler that keeps what it receives."""
-
-    raw: list[bytes] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.raw.append(envelope.content)
-        return "250 OK"
-
-    def messages(self) -> list[EmailMessage]:
-        return [
-            email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[misc]
-            for raw in self.raw
-        ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-def inbox() -> Iterator[tuple[Inbox, int]]:
-    handler = Inbox()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield handler, port
-    finally:
-        controller.stop()
+def inbox() -> Iterator[tuple[Sink, int]]:
+    with running_smtp() as server:
+        yield server.sink, server.port
 
 
 @pytest.fixture
@@ -120,7 +85,7 @@ def run_once(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
 
 
 def test_scenario_produces_exactly_the_expected_email_once(
-    scenario_config: Path, sw_env: dict[str, str], inbox: tuple[Inbox, int]
+    scenario_config: Path, sw_env: dict[str, str], inbox: tuple[Sink, int]
 ) -> None:
     handler, port = inbox
     env = {
@@ -153,4 +118,4 @@ def test_scenario_produces_exactly_the_expected_email_once(
     second = run_once(scenario_config, env)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Articles: 0 new" in second.stdout, second.stdout
-    assert len(handler.raw) == 1
+    assert len(handler.received) == 1

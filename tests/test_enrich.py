@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -24,23 +23,6 @@ PAGES = Path(__file__).parent / "fixtures" / "pages"
 ARTICLE_PAGE = (PAGES / "article-istanbul-talks.html").read_bytes()
 NOW = datetime(2024, 3, 5, 18, 0, tzinfo=UTC)
 SUMMARY = "The two foreign ministers agreed on Monday to resume talks on a new prisoner exchange."
-
-
-@pytest.fixture(scope="module")
-def _server() -> Iterator[HTTPServer]:
-    srv = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
-def server(_server: HTTPServer) -> Iterator[HTTPServer]:
-    _server.clear()
-    yield _server
-    _server.clear()
 
 
 def article(url: str) -> Article:

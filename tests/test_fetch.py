@@ -31,25 +31,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "feeds"
 FEED = (FIXTURES / "eastern-europe-wire.rss.xml").read_bytes()
 
 
-@pytest.fixture(scope="module")
-def _server() -> Iterator[HTTPServer]:
-    # Threaded: slow handlers must not block the other requests of a test. One per module
-    # (stopping a server takes half a second).
-    srv = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
-def server(_server: HTTPServer) -> Iterator[HTTPServer]:
-    _server.clear()
-    yield _server
-    _server.clear()
-
-
 def settings(**overrides: Any) -> FetchSettings:
     base: dict[str, Any] = {
         "allow_private_addresses": True,  # the test server is on loopback

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import email
 import email.policy
-import socket
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from smtp_sink import Sink, free_port, running_smtp
 
 from pipeline.config import (
     DEFAULT_CONFIG_DIR,
@@ -252,23 +250,6 @@ def test_routes_add_recipients_and_exclusive_routes_replace_the_default() -> Non
 # ------------------------------------------------------------------------------ SMTP server
 
 
-@dataclass
-class Sink:
-    """aiosmtpd handler that keeps what it receives."""
-
-    received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
     """A private CA and a server certificate for 127.0.0.1/localhost (cryptography)."""
     import ipaddress
@@ -351,14 +332,8 @@ def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
 
 @pytest.fixture
 def smtp_server() -> Iterator[tuple[Sink, int]]:
-    sink = Sink()
-    port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield sink, port
-    finally:
-        controller.stop()
+    with running_smtp() as server:
+        yield server.sink, server.port
 
 
 @pytest.fixture
@@ -405,19 +380,13 @@ def test_plain_smtp_delivers_the_whole_message(
 
 
 def test_starttls_with_auth(tls: ssl.SSLContext, tmp_path: Path) -> None:
-    sink = Sink()
-    port = free_port()
-    controller = Controller(
-        sink,
-        hostname="127.0.0.1",
-        port=port,
+    with running_smtp(
         tls_context=tls,
         require_starttls=True,
         authenticator=_authenticator,
         auth_required=True,
-    )
-    controller.start()
-    try:
+    ) as server:
+        sink, port = server.sink, server.port
         _send(
             SmtpTarget.from_url(f"smtp://sw:s3cret@127.0.0.1:{port}?starttls=true&timeout=5"),
             tmp_path,
@@ -433,18 +402,13 @@ def test_starttls_with_auth(tls: ssl.SSLContext, tmp_path: Path) -> None:
         with pytest.raises(DeliveryError):
             _send(SmtpTarget.from_url(f"smtp://127.0.0.1:{port}?timeout=5"), tmp_path)
         assert len(sink.received) == 1
-    finally:
-        controller.stop()
 
 
 def test_implicit_tls_and_certificate_checking(
     tls: ssl.SSLContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sink = Sink()
-    port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port, ssl_context=tls)
-    controller.start()
-    try:
+    with running_smtp(ssl_context=tls) as server:
+        sink, port = server.sink, server.port
         _send(SmtpTarget.from_url(f"smtps://127.0.0.1:{port}?timeout=5"), tmp_path)
         assert len(sink.received) == 1
         # A client that does not trust the CA refuses the server: no mail, a clear reason.
@@ -452,8 +416,6 @@ def test_implicit_tls_and_certificate_checking(
         with pytest.raises(DeliveryError, match=r"TLS failed|CERTIFICATE"):
             _send(SmtpTarget.from_url(f"smtps://127.0.0.1:{port}?timeout=5"), tmp_path)
         assert len(sink.received) == 1
-    finally:
-        controller.stop()
 
 
 def test_smtp_down_is_a_connection_error(tmp_path: Path) -> None:
