@@ -83,7 +83,16 @@ STANCE_FIELDS = [
     "source",
     "cluster_id",
 ]
-ARTICLE_FIELDS = ["@timestamp", "topic_labels", "relevant", "cluster_id", "title", "url", "source"]
+ARTICLE_FIELDS = [
+    "@timestamp",
+    "topic_labels",
+    "relevant",
+    "cluster_id",
+    "title",
+    "url",
+    "canonical_url",
+    "source",
+]
 ALERT_MATCH_FIELDS = ["kind", "actor", "topic", "from_stance", "to_stance", "window_end"]
 
 
@@ -556,7 +565,7 @@ class ArticleRecord:
             cluster_id=str(doc.get("cluster_id") or doc_id),
             topics=topics,
             title=str(doc.get("title") or ""),
-            url=str(doc.get("url") or ""),
+            url=str(doc.get("canonical_url") or doc.get("url") or ""),
             source=_source_name(doc.get("source")),
         )
 

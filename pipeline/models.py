@@ -296,7 +296,9 @@ class Article(BaseModel):
                         "evidence": s.evidence,
                         "quote": s.quote,
                         "article_id": self.id,
-                        "url": self.url,
+                        # The canonical link (tracking parameters stripped): what alert
+                        # e-mails and Kibana show for the evidence.
+                        "url": self.canonical_url,
                         "title": self.title,
                         "source": self.source.model_dump(),
                         "cluster_id": self.cluster_id or self.id,

@@ -507,3 +507,16 @@ def test_cli_setup_indices_and_a_clear_error_when_down(sw_env: dict[str, str]) -
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1, (args, result.stderr)
         assert "http://127.0.0.1:9" in lines[0]
+
+
+def test_stance_documents_link_to_the_canonical_url() -> None:
+    # Alert e-mails and Kibana show the stance's link: no tracking parameters in it.
+    article = make_article(1).model_copy(
+        update={
+            "url": "https://news.example.org/world/a1?utm_source=rss&utm_medium=rss#top",
+            "canonical_url": "https://news.example.org/world/a1",
+        }
+    )
+    docs = [d for _, d in article.stance_documents()]
+    assert docs and {d["url"] for d in docs} == {"https://news.example.org/world/a1"}
+    assert article.to_document()["url"].endswith("utm_medium=rss#top")  # the original is kept
