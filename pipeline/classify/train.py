@@ -104,21 +104,39 @@ def _say(message: str) -> None:
 # ------------------------------------------------------------------------ encoder cache
 
 
-class CachedEncoder:
-    """The encoder with a disk cache keyed by text (and model/precision/token limit)."""
+class _PickleCache:
+    """A dict kept in one pickle file: loaded when readable (a damaged file starts empty),
+    written atomically by save() when something was added."""
 
-    def __init__(self, encoder: Encoder, directory: Path = CACHE_DIR) -> None:
-        self.encoder = encoder
-        precision = "bf16" if encoder.use_bf16 else "fp32"
-        self.path = directory / f"{encoder.name}-{encoder.max_tokens}-{precision}.pkl"
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.data: dict[str, Any] = {}
         if self.path.exists():
             try:
                 with self.path.open("rb") as handle:
                     self.data = pickle.load(handle)
-            except (OSError, pickle.UnpicklingError, EOFError):
+            except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
                 self.data = {}
         self.dirty = False
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("wb") as handle:
+            pickle.dump(self.data, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, self.path)
+        self.dirty = False
+
+
+class CachedEncoder(_PickleCache):
+    """The encoder with a disk cache keyed by text (and model/precision/token limit)."""
+
+    def __init__(self, encoder: Encoder, directory: Path = CACHE_DIR) -> None:
+        self.encoder = encoder
+        precision = "bf16" if encoder.use_bf16 else "fp32"
+        super().__init__(directory / f"{encoder.name}-{encoder.max_tokens}-{precision}.pkl")
 
     @staticmethod
     def _key(kind: str, text: str, extra: str = "") -> str:
@@ -153,33 +171,15 @@ class CachedEncoder:
             _say(f"encoded {min(start + 64, len(todo))}/{len(todo)} new articles")
         return [self.data[k] for k in keys]
 
-    def save(self) -> None:
-        if not self.dirty:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("wb") as handle:
-            pickle.dump(self.data, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, self.path)
-        self.dirty = False
 
-
-class CachedParser:
+class CachedParser(_PickleCache):
     """The dependency parser with a disk cache keyed by sentence text (and spaCy version)."""
 
     def __init__(self, directory: Path = CACHE_DIR) -> None:
         import spacy
 
         self.parser = Parser()
-        self.path = directory / f"parses-spacy{spacy.__version__}.pkl"
-        self.data: dict[str, Parse] = {}
-        if self.path.exists():
-            try:
-                with self.path.open("rb") as handle:
-                    self.data = pickle.load(handle)
-            except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
-                self.data = {}
-        self.dirty = False
+        super().__init__(directory / f"parses-spacy{spacy.__version__}.pkl")
 
     def parse(self, texts: Sequence[str]) -> list[Parse]:
         missing = sorted({t for t in texts if t not in self.data})
@@ -188,16 +188,6 @@ class CachedParser:
                 self.data[t] = parsed
             self.dirty = True
         return [self.data[t] for t in texts]
-
-    def save(self) -> None:
-        if not self.dirty:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("wb") as handle:
-            pickle.dump(self.data, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, self.path)
-        self.dirty = False
 
 
 # ----------------------------------------------------------------------------- helpers
