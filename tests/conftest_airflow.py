@@ -77,3 +77,13 @@ def airflow_db() -> Iterator[Path]:
 
     db.resetdb()
     yield AIRFLOW_HOME
+
+
+def show(config: pytest.Config, line: str) -> None:
+    """Print past pytest's output capture, so the measurements are in every run's output."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if capture is None:
+        print(line)
+        return
+    with capture.global_and_fixture_disabled():
+        print(line, flush=True)

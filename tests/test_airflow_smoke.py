@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from conftest_airflow import DAGS_DIR, PROJECT_DIR
+from conftest_airflow import DAGS_DIR, PROJECT_DIR, show
 from pytest_httpserver import HTTPServer
 
 AIRFLOW_BIN = PROJECT_DIR / ".venv" / "bin" / "airflow"
@@ -44,15 +44,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _show(config: pytest.Config, line: str) -> None:
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if capture is None:
-        print(line)
-        return
-    with capture.global_and_fixture_disabled():
-        print(line, flush=True)
 
 
 # Two small feeds written for this test: one relevant item, one ordinary one.
@@ -249,11 +240,11 @@ def standalone(
     try:
         _wait_healthy(server)
         server.started_s = time.monotonic() - started
-        _show(pytestconfig, f"\nairflow standalone healthy after {server.started_s:.1f} s")
+        show(pytestconfig, f"\nairflow standalone healthy after {server.started_s:.1f} s")
         yield server
     finally:
         survivors = _stop(server)
-        _show(pytestconfig, f"airflow standalone stopped; left running: {survivors or 'none'}")
+        show(pytestconfig, f"airflow standalone stopped; left running: {survivors or 'none'}")
         assert survivors == [], f"Airflow processes left running: {survivors}"
 
 
@@ -376,7 +367,7 @@ def test_standalone_runs_ingest_triggered_through_the_rest_api(
 
         state = _wait_for_run(client, "stancewatch_ingest", run_id, standalone)
         run_s = time.monotonic() - started
-        _show(pytestconfig, f"stancewatch_ingest run {run_id}: {state} after {run_s:.1f} s")
+        show(pytestconfig, f"stancewatch_ingest run {run_id}: {state} after {run_s:.1f} s")
         assert state == "success", _task_report(client, "stancewatch_ingest", run_id)
 
         tis = client.get(f"/api/v2/dags/stancewatch_ingest/dagRuns/{run_id}/taskInstances")
@@ -398,7 +389,7 @@ def test_standalone_runs_ingest_triggered_through_the_rest_api(
         assert alert_runs, "stancewatch_alerts was not triggered by the asset event"
         alert_run = alert_runs[0]
         assert alert_run["run_type"] == "asset_triggered", alert_run
-        _show(
+        show(
             pytestconfig,
             f"stancewatch_alerts (asset-triggered) {alert_run['state']} "
             f"{time.monotonic() - started:.1f} s after the ingest trigger",

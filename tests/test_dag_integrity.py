@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_airflow import DAG_FILES, DAGS_DIR, PROJECT_DIR, subprocess_env
+from conftest_airflow import DAG_FILES, DAGS_DIR, PROJECT_DIR, show, subprocess_env
 
 from pipeline.airflow_settings import ARTICLE_ASSET_NAME, ARTICLE_ASSET_URI
 
@@ -55,24 +55,14 @@ def _probe(path: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _show(config: pytest.Config, line: str) -> None:
-    """Print past pytest's output capture, so the measurements are in every run's output."""
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if capture is None:
-        print(line)
-        return
-    with capture.global_and_fixture_disabled():
-        print(line, flush=True)
-
-
 @pytest.fixture(scope="module")
 def dagbag(pytestconfig: pytest.Config) -> Any:
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS_DIR))
-    _show(pytestconfig, "")
+    show(pytestconfig, "")
     for stat in sorted(bag.dagbag_stats, key=lambda s: s.file):
-        _show(
+        show(
             pytestconfig,
             f"DAG parse (DagBag, in-process): {stat.file:28s} "
             f"{stat.duration.total_seconds() * 1000:7.1f} ms  dags={stat.dags}",
@@ -91,7 +81,7 @@ def test_dag_file_imports_no_heavy_modules(path: Path, pytestconfig: pytest.Conf
     """Heavy libraries must be imported inside tasks: at top level they would cost
     seconds on every parse by the DAG processor (every 30 s, every file)."""
     probe = _probe(path)
-    _show(
+    show(
         pytestconfig,
         f"\nDAG parse (fresh interpreter, no services): {path.name:28s} "
         f"{probe['seconds'] * 1000:7.1f} ms",

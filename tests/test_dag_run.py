@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest_airflow import DAGS_DIR, PROJECT_DIR, airflow_db  # noqa: F401  (fixture)
+from conftest_airflow import DAGS_DIR, PROJECT_DIR, airflow_db, show  # noqa: F401  (fixture)
 from pytest_httpserver import HTTPServer
 from smtp_sink import Sink, running_smtp
 
@@ -37,15 +37,6 @@ ALERT_TO = "analysts@example.org"
 ALERT_FROM = "Stancewatch <alerts@stancewatch.example.org>"
 
 pytestmark = [pytest.mark.slow, pytest.mark.es, pytest.mark.usefixtures("airflow_db")]
-
-
-def _show(config: pytest.Config, line: str) -> None:
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if capture is None:
-        print(line)
-        return
-    with capture.global_and_fixture_disabled():
-        print(line, flush=True)
 
 
 @pytest.fixture
@@ -148,7 +139,7 @@ def dags() -> dict[str, Any]:
 def _run(dag: Any, config: pytest.Config, **kwargs: Any) -> Any:
     started = time.perf_counter()
     run = dag.test(**kwargs)
-    _show(config, f"\ndag.test({dag.dag_id}): {run.state} in {time.perf_counter() - started:.1f} s")
+    show(config, f"\ndag.test({dag.dag_id}): {run.state} in {time.perf_counter() - started:.1f} s")
     return run
 
 
@@ -204,7 +195,7 @@ def test_ingest_then_alerts_index_the_demo_and_email_the_stance_shift(
     assert all(rcpts == [ALERT_TO] for _, rcpts, _ in smtp_sink.received)
     body = message.get_body(preferencelist=("plain",))
     assert body is not None and "Adlersten" in body.get_content()
-    _show(pytestconfig, f"alert e-mails received: {subjects}")
+    show(pytestconfig, f"alert e-mails received: {subjects}")
 
     # Alerts are stored with deterministic ids and sent once: a second run sends nothing.
     sent_before = len(smtp_sink.received)

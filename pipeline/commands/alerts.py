@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.commands.options import CONFIG_OPTION, JSON_OPTION
+from pipeline.commands.options import CONFIG_OPTION, JSON_OPTION, NOW_OPTION
 from pipeline.commands.options import parse_now as parse_iso
 from pipeline.config import AppConfig
 
@@ -292,9 +292,7 @@ def resend(
     alert_id: str = typer.Argument(
         ..., help="The alert id, or its first characters (from `stancewatch alerts list`)."
     ),
-    now: str | None = typer.Option(
-        None, "--now", help="Fix the clock (ISO 8601).", show_default=False
-    ),
+    now: str | None = NOW_OPTION,
     config_dir: Path | None = CONFIG_OPTION,
 ) -> None:
     """Deliver one alert again, whatever its state (the only way an alert is sent twice)."""
