@@ -147,6 +147,7 @@ def test_missing_artifacts_give_a_clear_error(tmp_path: Path) -> None:
 def test_artifacts_are_small_and_have_a_manifest() -> None:
     model_dir = Path(__file__).resolve().parent.parent / "model"
     assert (model_dir / "classifier.npz").stat().st_size < 3_000_000
+    assert (model_dir / "topic_branch.npz").stat().st_size < 10_000_000  # two layers, float16
     _, _, manifest = load_artifacts(model_dir)
     assert manifest["seed"] and manifest["data"]["files"]
     assert "test_metrics" in manifest and "bf16_cosine_vs_fp32" in manifest["encoder"]

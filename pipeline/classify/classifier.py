@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from pipeline.classify.actors import ActorAnalysis, ActorResolver
 from pipeline.classify.encoder import ArticleEncoding, Encoder
+from pipeline.classify.finetune import BRANCH_FILE, TopicBranch
 from pipeline.classify.polarity import Parse, Parser
 from pipeline.classify.sentences import Sentence, split_sentences
 from pipeline.classify.stance import (
@@ -144,7 +145,12 @@ class LocalClassifier(Classifier):
         sentence_scores: list[np.ndarray] = []
         for p, enc in zip(prepared, encoded, strict=True):
             probs, sent = self.topic_model.predict(
-                enc.article, enc.sentences, enc.seen, p.text, [s.text for s in p.sentences]
+                enc.article,
+                enc.sentences,
+                enc.seen,
+                p.text,
+                [s.text for s in p.sentences],
+                enc.topic_logits,
             )
             topic_probs.append(probs)
             sentence_scores.append(sent)
@@ -414,7 +420,19 @@ def load_artifacts(directory: Path) -> tuple[TopicModel, StanceModel, dict[str, 
         arrays = {k: data[k] for k in data.files}
     manifest_path = directory / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    return TopicModel.from_arrays(arrays), StanceModel.from_arrays(arrays), manifest
+    topic_model = TopicModel.from_arrays(arrays)
+    if topic_model.branch_weight > 0 and not (directory / BRANCH_FILE).exists():
+        raise ArtifactsMissing(
+            f"{directory / BRANCH_FILE}: the topic branch of these artifacts is missing; "
+            "rebuild them with `stancewatch train`"
+        )
+    return topic_model, StanceModel.from_arrays(arrays), manifest
+
+
+def attach_branch(encoder: Encoder, topic_model: TopicModel, directory: Path) -> None:
+    """Give the encoder the fine-tuned topic branch the topic model was trained with."""
+    if topic_model.branch_weight > 0:
+        encoder.attach_topic_branch(TopicBranch.load(encoder.model, directory))
 
 
 def territory_names(config: AppConfig) -> list[str]:
@@ -424,7 +442,8 @@ def territory_names(config: AppConfig) -> list[str]:
 
 def load_local(config: AppConfig, encoder: Encoder | None = None) -> LocalClassifier:
     settings = config.settings.classifier
-    topic_model, stance_model, manifest = load_artifacts(artifacts_dir(settings))
+    directory = artifacts_dir(settings)
+    topic_model, stance_model, manifest = load_artifacts(directory)
     enc = encoder or Encoder(
         max_tokens=settings.max_tokens,
         batch_size=settings.batch_size,
@@ -432,6 +451,7 @@ def load_local(config: AppConfig, encoder: Encoder | None = None) -> LocalClassi
         threads=settings.threads,
         engine=settings.engine,
     )
+    attach_branch(enc, topic_model, directory)
     return LocalClassifier(
         enc,
         topic_model,

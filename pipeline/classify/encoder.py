@@ -56,6 +56,8 @@ class ArticleEncoding:
     article: np.ndarray  # (dim,) L2-normalised
     sentences: np.ndarray  # (n_sentences, dim) L2-normalised, zero rows for unseen spans
     seen: np.ndarray  # (n_sentences,) bool: the span fell inside the encoded tokens
+    #: (n_topics,) logits of the fine-tuned topic branch, when one is attached.
+    topic_logits: np.ndarray | None = None
 
 
 Engine = Literal["auto", "onnx", "torch"]
@@ -104,6 +106,8 @@ class Encoder:
         #: What the ONNX cache did: path, whether this load built it, fused operators.
         self.onnx_info: dict[str, Any] = {}
         self.use_bf16 = False
+        #: Fine-tuned top layers for the topics (pipeline/classify/finetune.py), if attached.
+        self.topic_branch: Any = None
         if bf16 == "on":
             self.use_bf16 = True
         elif bf16 == "auto":
@@ -164,21 +168,51 @@ class Encoder:
         }
         self.engine = "onnx"
 
+    def attach_topic_branch(self, branch: Any) -> None:
+        """Compute the topic branch's probabilities in the same pass as the token states."""
+        if self._session is not None:
+            log.info("engine onnx: the topic branch runs its shared layers in PyTorch")
+        self.topic_branch = branch
+
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Token states (batch, seq, dim) as float32 for padded ``ids`` / ``mask``."""
+        return self._forward_with_topics(ids, mask, topics=False)[0]
+
+    def _forward_with_topics(
+        self, ids: np.ndarray, mask: np.ndarray, *, topics: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Token states and, with a topic branch attached, its (batch, n_topics) logits.
+
+        With the branch, PyTorch runs the bottom layers once and both sets of top layers
+        (finetune.py); the ONNX graph gives only final states, so there the branch needs a
+        PyTorch pass of its own.
+        """
         types = np.zeros_like(ids)
+        branch = self.topic_branch if topics else None
+        hidden: np.ndarray | None = None
         if self._session is not None:
             feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-            return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
+            hidden = np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
+            if branch is None:
+                return hidden, None
         import torch
 
+        t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        t_types = torch.from_numpy(types)
         with torch.inference_mode(), self._autocast():
-            hidden = self.model(
-                input_ids=torch.from_numpy(ids),
-                attention_mask=torch.from_numpy(mask),
-                token_type_ids=torch.from_numpy(types),
-            ).last_hidden_state
-        return hidden.float().numpy()
+            if branch is None:
+                states = self.model(
+                    input_ids=t_ids, attention_mask=t_mask, token_type_ids=t_types
+                ).last_hidden_state
+                return states.float().numpy(), None
+            from pipeline.classify.finetune import BRANCH_FROM, shared_forward, top_forward
+
+            shared, mask4 = shared_forward(self.model, t_ids, t_mask, t_types)
+            logits = branch.logits(shared, mask4, t_mask).float().numpy()
+            if hidden is None:
+                top = top_forward(self.model.encoder.layer[BRANCH_FROM:], shared, mask4)
+                hidden = top.float().numpy()
+        return hidden, logits
 
     # ------------------------------------------------------------------ precision check
 
@@ -284,12 +318,15 @@ class Encoder:
         assert tokens.offsets is not None
         for idx in self._batches([len(x) for x in tokens.ids]):
             ids, mask = self._padded([tokens.ids[i] for i in idx])
-            hidden = self._forward(ids, mask)
+            hidden, topic_logits = self._forward_with_topics(ids, mask)
             for row, i in enumerate(idx):
                 n = len(tokens.ids[i])
                 states = hidden[row, :n]
                 art = states.sum(0) / max(n, 1)
-                results[i] = _sentence_vectors(states, tokens.offsets[i], spans[i], art)
+                enc = _sentence_vectors(states, tokens.offsets[i], spans[i], art)
+                if topic_logits is not None:
+                    enc.topic_logits = topic_logits[row]
+                results[i] = enc
         return [r for r in results if r is not None]
 
 

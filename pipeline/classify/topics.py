@@ -10,6 +10,13 @@ measurements are in docs/decisions.md, "Classifier"):
   give up Donbas") makes an article relevant even when the rest is battlefield news, and a
   match on vocabulary alone ("concession stand") does not.
 
+A third opinion comes from the encoder itself: the fine-tuned topic branch
+(finetune.py) scores the article in the encoder's pass; the final probability is
+``branch_weight`` x branch + (1 - branch_weight) x article head, the weight picked on
+validation. The branch fits its training articles almost perfectly, so its logits are
+divided by a per-topic temperature fitted on validation before the sigmoid: without it a
+saturated 0.00 or 1.00 would overrule the head.
+
 Thresholds are chosen on the validation split (max F1) and stored with the weights.
 """
 
@@ -60,8 +67,25 @@ def article_features(article_vec: np.ndarray, sent_features: np.ndarray) -> np.n
 class TopicModel:
     sentence_head: HybridHead  # n_topics sigmoid outputs: sentence vector + sentence words
     article_head: HybridHead  # n_topics sigmoid outputs: article_features + article words
-    thresholds: np.ndarray  # (n_topics,)
+    thresholds: np.ndarray  # (n_topics,) for the final (blended) probability
+    #: Share of the fine-tuned topic branch in the final probability; 0 = no branch.
+    branch_weight: float = 0.0
+    #: (n_topics,) temperatures for the branch's logits (calibration on validation).
+    branch_temperature: np.ndarray | None = None
     topics: tuple[str, ...] = TOPICS
+
+    def branch_probs(self, logits: np.ndarray) -> np.ndarray:
+        temperature = 1.0 if self.branch_temperature is None else self.branch_temperature
+        return (1.0 / (1.0 + np.exp(-np.asarray(logits) / temperature))).astype(np.float32)
+
+    def blend(self, head_probs: np.ndarray, branch_logits: np.ndarray | None) -> np.ndarray:
+        """Final topic probabilities from the article head's and the branch's."""
+        if self.branch_weight <= 0.0:
+            return head_probs
+        if branch_logits is None:
+            raise ValueError("this topic model needs the fine-tuned topic branch's scores")
+        w = self.branch_weight
+        return (w * self.branch_probs(branch_logits) + (1.0 - w) * head_probs).astype(np.float32)
 
     def sentence_scores(self, sentence_vecs: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         if len(sentence_vecs) == 0:
@@ -75,17 +99,25 @@ class TopicModel:
         seen: np.ndarray,
         text: str,
         sentence_texts: Sequence[str],
+        branch_logits: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(article probabilities per topic, sentence scores per sentence and topic)."""
         sent = self.sentence_scores(sentence_vecs, sentence_texts)
         feats = article_features(article_vec, sentence_features(sent, seen))
-        return self.article_head.predict_proba(feats, [article_text(text)])[0], sent
+        head = self.article_head.predict_proba(feats, [article_text(text)])[0]
+        return self.blend(head, branch_logits), sent
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
             **self.sentence_head.to_arrays("topic.sentence"),
             **self.article_head.to_arrays("topic.article"),
             "topic.thresholds": self.thresholds.astype(np.float32),
+            "topic.branch_weight": np.array(self.branch_weight, np.float32),
+            "topic.branch_temperature": (
+                np.ones(len(self.topics), np.float32)
+                if self.branch_temperature is None
+                else self.branch_temperature.astype(np.float32)
+            ),
         }
 
     @classmethod
@@ -94,4 +126,6 @@ class TopicModel:
             HybridHead.from_arrays(arrays, "topic.sentence"),
             HybridHead.from_arrays(arrays, "topic.article"),
             np.asarray(arrays["topic.thresholds"], np.float32),
+            float(arrays["topic.branch_weight"]) if "topic.branch_weight" in arrays else 0.0,
+            arrays.get("topic.branch_temperature"),
         )

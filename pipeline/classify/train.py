@@ -1,17 +1,19 @@
 """``stancewatch train``: rebuild every classifier artifact from the labelled data, seeded.
 
-Steps (all on the frozen encoder, whose outputs are cached under ``var/classify-cache`` so
-that re-training the heads after new labelled batches takes seconds, not minutes):
+Steps (all but 4 on the frozen encoder, whose outputs are cached under
+``var/classify-cache`` so that re-training the heads after new labelled batches is quick):
 
 1. load ``data/articles`` + ``data/stance`` + a seeded sample of BBC negatives; split every
    item by a hash of its id (test 20 %, validation 15 %, train 65 %; pipeline/classify/dataset.py);
 2. encode articles once (article vector + in-context sentence vectors);
 3. sentence topic head on labelled sentences; article topic head on [article vector,
    sentence-score summary] with cross-fitted sentence scores; thresholds on validation;
-4. sentence stance head on actor-marked sentences; temperature on validation;
-5. pair head (which actors in an article hold a position on a topic) on candidates from the
+4. fine-tune the encoder's top two layers as a topic branch (pipeline/classify/finetune.py,
+   ~6 min on 2 cores) and pick on validation how much of the final topic score it gives;
+5. sentence stance head on actor-marked sentences; temperature on validation;
+6. pair head (which actors in an article hold a position on a topic) on candidates from the
    training articles with cross-fitted stance probabilities; threshold on validation;
-6. write ``model/classifier.npz`` and ``model/manifest.json`` (data hashes, seed, counts,
+7. write ``model/classifier.npz``, ``model/topic_branch.npz`` and ``model/manifest.json`` (data hashes, seed, counts,
    validation and held-out test metrics).
 """
 
@@ -61,6 +63,15 @@ from pipeline.classify.dataset import (
     sentence_files,
 )
 from pipeline.classify.encoder import ArticleEncoding, Encoder
+from pipeline.classify.finetune import (
+    BRANCH_FILE,
+    BRANCH_FROM,
+    branch_logits,
+    fine_tune,
+    shared_states,
+)
+from pipeline.classify.finetune import EPOCHS as FT_EPOCHS
+from pipeline.classify.finetune import LEARNING_RATE as FT_LEARNING_RATE
 from pipeline.classify.heads import HybridHead, LinearHead, TfidfText, fit_hybrid
 from pipeline.classify.polarity import Cues, Parse, Parser, actor_cues
 from pipeline.classify.stance import (
@@ -95,6 +106,8 @@ DENSE_WEIGHT = 0.1
 SENTENCE_C = 3.0
 #: The pair threshold may not report more pairs than this per gold pair (pooled counts).
 MAX_PAIRS_PER_GOLD = 1.15
+#: Shares of the fine-tuned topic branch tried on validation (0 = article head alone).
+BLEND_WEIGHTS = (1.0, 0.75, 0.5, 0.0)
 
 
 def _say(message: str) -> None:
@@ -502,6 +515,40 @@ def train(
     )
     train_topic_probs = article_head.predict_proba(x_tr, t_tr)
     val_topic_probs = article_head.predict_proba(x_va, t_va)
+    head_val_f1 = val_f1
+
+    # ------------------------------------------------------------ fine-tuned topic branch
+    ft_started = time.monotonic()
+    model = encoder.model
+    tr_states = shared_states(encoder, [d.prepared.text for d in train_d])
+    # Rounded to float16 now, so every score below is what `classify` will compute.
+    branch = fine_tune(model, tr_states, y_tr, TOPICS, seed=seed, say=_say).rounded(model)
+    br_tr = branch_logits(branch, model, tr_states)
+    del tr_states
+    br_va = branch_logits(branch, model, shared_states(encoder, [d.prepared.text for d in val_d]))
+    topic_model.branch_temperature = np.array(
+        [_logit_temperature(br_va[:, t], y_va[:, t]) for t in range(len(TOPICS))], np.float32
+    )
+    branch_weight, thresholds, val_f1 = _choose_blend(
+        val_topic_probs, topic_model.branch_probs(br_va), y_va
+    )
+    topic_model.branch_weight = branch_weight
+    topic_model.thresholds = np.array(thresholds, np.float32)
+    train_topic_probs = np.stack(
+        [topic_model.blend(h, b) for h, b in zip(train_topic_probs, br_tr, strict=True)]
+    )
+    val_topic_probs = np.stack(
+        [topic_model.blend(h, b) for h, b in zip(val_topic_probs, br_va, strict=True)]
+    )
+    if branch_weight > 0:
+        encoder.attach_topic_branch(branch)
+    ft_seconds = time.monotonic() - ft_started
+    _say(
+        f"topic branch: weight {branch_weight:g} in {ft_seconds:.0f} s; validation F1 "
+        + ", ".join(
+            f"{t}={f:.3f}@{thr:.2f}" for t, f, thr in zip(TOPICS, val_f1, thresholds, strict=True)
+        )
+    )
 
     # ------------------------------------------------------------------ stance sentence head
     resolver = ActorResolver(config.actors, exclude=territory_names(config))
@@ -726,9 +773,11 @@ def train(
 
     # ------------------------------------------------------------------------ write
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {**topic_model.to_arrays(), **stance_model.to_arrays()}
-    np.savez_compressed(out / ARTIFACT_FILE, **arrays)  # type: ignore[arg-type]
-    digest = hashlib.sha256((out / ARTIFACT_FILE).read_bytes()).hexdigest()[:12]
+    if branch_weight > 0:
+        branch.save(out)
+    else:
+        (out / BRANCH_FILE).unlink(missing_ok=True)
+    digest = _write_arrays(out, {**topic_model.to_arrays(), **stance_model.to_arrays()})
     manifest: dict[str, Any] = {
         "version": digest,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -755,6 +804,18 @@ def train(
             "article_head": dict(zip(TOPICS, chosen, strict=True)),
             "thresholds": dict(zip(TOPICS, [round(t, 3) for t in thresholds], strict=True)),
             "validation_f1": dict(zip(TOPICS, [round(f, 4) for f in val_f1], strict=True)),
+            "article_head_validation_f1": dict(
+                zip(TOPICS, [round(f, 4) for f in head_val_f1], strict=True)
+            ),
+            "branch": {
+                "file": BRANCH_FILE if branch_weight > 0 else None,
+                "weight": branch_weight,
+                "tuned_layers_from": BRANCH_FROM,
+                "epochs": FT_EPOCHS,
+                "learning_rate": FT_LEARNING_RATE,
+                "temperature": [round(float(t), 2) for t in topic_model.branch_temperature],
+                "seconds": round(ft_seconds, 1),
+            },
         },
         "stance": {
             "C": stance_c,
@@ -824,9 +885,7 @@ def train(
         f"pair threshold {best_end[1]:.3f}: "
         + ", ".join(f"{k} {v:.3f}" for k, v in best_end[2].items())
     )
-    arrays = {**topic_model.to_arrays(), **stance_model.to_arrays()}
-    np.savez_compressed(out / ARTIFACT_FILE, **arrays)  # type: ignore[arg-type]
-    digest = hashlib.sha256((out / ARTIFACT_FILE).read_bytes()).hexdigest()[:12]
+    digest = _write_arrays(out, {**topic_model.to_arrays(), **stance_model.to_arrays()})
     manifest["version"] = classifier.version = digest
     if evaluate_test:
         for name in ("val", "test"):
@@ -838,6 +897,45 @@ def train(
     seconds = time.monotonic() - started
     _say(f"wrote {out / ARTIFACT_FILE} and {MANIFEST_FILE} in {seconds:.0f} s")
     return TrainResult(out, manifest, seconds)
+
+
+def _write_arrays(out: Path, arrays: dict[str, np.ndarray]) -> str:
+    """Write classifier.npz; the version is a digest of it and of the topic branch."""
+    np.savez_compressed(out / ARTIFACT_FILE, **arrays)  # type: ignore[arg-type]
+    digest = hashlib.sha256((out / ARTIFACT_FILE).read_bytes())
+    if (out / BRANCH_FILE).exists():
+        digest.update((out / BRANCH_FILE).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _logit_temperature(logits: np.ndarray, gold: np.ndarray) -> float:
+    """Temperature for sigmoid(logit / T) with the lowest validation log-loss."""
+    best_t, best_nll = 1.0, float("inf")
+    for t in np.round(np.geomspace(0.5, 50.0, 60), 3):
+        p = np.clip(1.0 / (1.0 + np.exp(-logits / t)), 1e-9, 1 - 1e-9)
+        nll = float(-(gold * np.log(p) + (~gold) * np.log(1 - p)).mean())
+        if nll < best_nll:
+            best_t, best_nll = float(t), nll
+    return best_t
+
+
+def _choose_blend(
+    head: np.ndarray, branch: np.ndarray, gold: np.ndarray
+) -> tuple[float, list[float], list[float]]:
+    """Branch weight and per-topic thresholds with the best validation macro-F1.
+
+    Only validation can judge the branch: its scores on training articles are in-sample.
+    The weights are few and coarse so that ~230 validation items can tell them apart.
+    """
+    best: tuple[float, float, list[float], list[float]] | None = None
+    for w in BLEND_WEIGHTS:
+        probs = w * branch + (1.0 - w) * head
+        found = [_best_threshold(probs[:, t], gold[:, t]) for t in range(gold.shape[1])]
+        macro = float(np.mean([f for _, f in found]))
+        if best is None or macro > best[0] + 1e-9:
+            best = (macro, w, [thr for thr, _ in found], [f for _, f in found])
+    assert best is not None
+    return best[1], best[2], best[3]
 
 
 def _fit_temperature(head: HybridHead, x: np.ndarray, texts: Sequence[str], y: np.ndarray) -> float:

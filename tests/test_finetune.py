@@ -1,0 +1,123 @@
+"""The fine-tuned topic branch: its split forward pass, storage, training and loading.
+
+Everything is real: the bundled MiniLM, the committed branch in model/, a short real
+fine-tuning run on a handful of texts written for these tests.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.classify import ArtifactsMissing
+from pipeline.classify.classifier import ClassifyInput, attach_branch, load_artifacts, prepare
+from pipeline.classify.encoder import Encoder
+from pipeline.classify.finetune import (
+    BRANCH_FILE,
+    BRANCH_FROM,
+    TopicBranch,
+    branch_logits,
+    fine_tune,
+    shared_forward,
+    shared_states,
+    top_forward,
+)
+from pipeline.config import TOPICS
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
+
+TEXTS = [
+    "Kyiv rules out ceding Donbas\n\nPresident Zelenskyy said Ukraine would never give up the "
+    "Donbas or Crimea in exchange for a ceasefire, whatever the pressure from allies.",
+    "Delegations resume talks in Doha\n\nMediators said Israeli and Hamas negotiators met on "
+    "Tuesday to discuss the sequencing of a truce and a prisoner exchange.",
+    "Port operator wins 25-year concession\n\nShares rose after the company won the rail and "
+    "port concession in the south of the country.",
+    "Union and employer break off wage talks\n\nThe union said the talks had collapsed.",
+    "Land swap floated for Kosovo and Serbia\n\nThe two presidents discussed exchanging "
+    "territory in the north as part of a final peace agreement.",
+    "Striker defends home territory\n\nThe home side held their territory in a goalless draw.",
+]
+LABELS = np.array([[1, 0], [0, 1], [0, 0], [0, 0], [1, 1], [0, 0]], bool)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return Encoder(engine="torch", bf16="off")
+
+
+def _padded(encoder: Encoder, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = encoder._tokenize(texts)
+    ids, mask = encoder._padded(tokens.ids)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def test_split_forward_is_the_model_forward(encoder: Encoder) -> None:
+    # The branch reuses the encoder's bottom layers: both halves together must be exactly
+    # BertModel's own forward pass, padding included.
+    ids, mask = _padded(encoder, TEXTS)
+    with torch.inference_mode():
+        ref = encoder.model(
+            input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)
+        ).last_hidden_state
+        shared, mask4 = shared_forward(encoder.model, ids, mask, torch.zeros_like(ids))
+        out = top_forward(encoder.model.encoder.layer[BRANCH_FROM:], shared, mask4)
+    real = mask.bool()
+    assert torch.allclose(ref[real], out[real], atol=1e-5)
+
+
+def test_committed_branch_scores_in_the_encoder_pass(encoder: Encoder) -> None:
+    topic_model, _, _ = load_artifacts(MODEL_DIR)
+    assert topic_model.branch_weight > 0
+    plain = encoder.encode_articles(TEXTS[:2], [[(0, 10)], [(0, 10)]])
+    assert all(e.topic_logits is None for e in plain)
+    attach_branch(encoder, topic_model, MODEL_DIR)
+    try:
+        spans = [
+            [(s.start, s.end) for s in prepare(ClassifyInput(id="x", text=t)).sentences]
+            for t in TEXTS
+        ]
+        with_branch = encoder.encode_articles(TEXTS, spans)
+    finally:
+        encoder.topic_branch = None
+    # The token states (and so every other head) do not change when the branch rides along.
+    for a, b in zip(plain, with_branch[:2], strict=False):
+        assert np.allclose(a.article, b.article, atol=1e-5)
+    logits = [e.topic_logits for e in with_branch if e.topic_logits is not None]
+    probs = topic_model.branch_probs(np.stack(logits))
+    assert probs.shape == (len(TEXTS), len(TOPICS))
+    # A land swap -> territorial concessions; Doha truce talks -> peace talks; the port
+    # concession and the football match -> neither. (The branch alone scores the short
+    # "Kyiv rules out ceding Donbas" item low for land, 0.2; the blend with the article head
+    # is what classify reports, see docs/model.md.)
+    tc, pt = TOPICS.index("territorial_concessions"), TOPICS.index("peace_talks")
+    assert probs[4, tc] > 0.5 and probs[1, pt] > 0.5
+    assert probs[2].max() < 0.5 and probs[5].max() < 0.5
+
+
+def test_fine_tune_learns_and_round_trips(encoder: Encoder, tmp_path: Path) -> None:
+    states = shared_states(encoder, TEXTS)
+    assert [int(s.shape[0]) for s in states] == [len(x) for x in encoder._tokenize(TEXTS).ids]
+    first = fine_tune(encoder.model, states, LABELS, TOPICS, seed=3, epochs=4, say=lambda _: None)
+    again = fine_tune(encoder.model, states, LABELS, TOPICS, seed=3, epochs=4, say=lambda _: None)
+    l1 = branch_logits(first, encoder.model, states)
+    assert np.array_equal(l1, branch_logits(again, encoder.model, states))  # seeded
+    p1 = 1 / (1 + np.exp(-l1))
+    # Four epochs on six texts: the training texts are fitted (a sanity check, not a metric).
+    assert ((p1 >= 0.5) == LABELS).mean() >= 5 / 6
+    first.save(tmp_path)
+    loaded = TopicBranch.load(encoder.model, tmp_path)
+    l2 = branch_logits(loaded, encoder.model, states)
+    assert np.abs(l1 - l2).max() < 0.05  # float16 storage
+    assert np.allclose(l2, branch_logits(first.rounded(encoder.model), encoder.model, states))
+
+
+def test_artifacts_without_their_branch_say_so(tmp_path: Path) -> None:
+    for name in ("classifier.npz", "manifest.json"):
+        shutil.copy(MODEL_DIR / name, tmp_path / name)
+    with pytest.raises(ArtifactsMissing, match=BRANCH_FILE):
+        load_artifacts(tmp_path)
