@@ -9,7 +9,7 @@ Steps (all but 4 on the frozen encoder, whose outputs are cached under
 3. sentence topic head on labelled sentences; article topic head on [article vector,
    sentence-score summary] with cross-fitted sentence scores; thresholds on validation;
 4. fine-tune the encoder's top two layers as a topic branch (pipeline/classify/finetune.py,
-   ~6 min on 2 cores) and pick on validation how much of the final topic score it gives;
+   ~9 min on 2 cores) and pick on validation how much of the final topic score it gives;
 5. sentence stance head on actor-marked sentences; temperature on validation;
 6. pair head (which actors in an article hold a position on a topic) on candidates from the
    training articles with cross-fitted stance probabilities; threshold on validation;
@@ -520,10 +520,23 @@ def train(
     # ------------------------------------------------------------ fine-tuned topic branch
     ft_started = time.monotonic()
     model = encoder.model
-    tr_states = shared_states(encoder, [d.prepared.text for d in train_d])
+    short_texts, short_labels, short_known = _short_topic_texts(sent_train, train_d, seed)
+    tr_states = shared_states(encoder, [d.prepared.text for d in train_d] + short_texts)
+    _say(
+        f"topic branch: {len(train_d)} articles and {len(short_texts)} short texts "
+        f"({int(short_labels.any(axis=1).sum())} labelled sentences)"
+    )
     # Rounded to float16 now, so every score below is what `classify` will compute.
-    branch = fine_tune(model, tr_states, y_tr, TOPICS, seed=seed, say=_say).rounded(model)
-    br_tr = branch_logits(branch, model, tr_states)
+    branch = fine_tune(
+        model,
+        tr_states,
+        np.vstack([y_tr, short_labels]),
+        TOPICS,
+        known=np.vstack([np.ones_like(y_tr), short_known]),
+        seed=seed,
+        say=_say,
+    ).rounded(model)
+    br_tr = branch_logits(branch, model, tr_states[: len(train_d)])
     del tr_states
     br_va = branch_logits(branch, model, shared_states(encoder, [d.prepared.text for d in val_d]))
     topic_model.branch_temperature = np.array(
@@ -906,6 +919,36 @@ def _write_arrays(out: Path, arrays: dict[str, np.ndarray]) -> str:
     if (out / BRANCH_FILE).exists():
         digest.update((out / BRANCH_FILE).read_bytes())
     return digest.hexdigest()[:12]
+
+
+def _short_topic_texts(
+    sentences: Sequence[LabelledSentence], articles: Sequence[Encoded], seed: int
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Short training texts for the topic branch: (texts, labels, known), all (n, n_topics).
+
+    Each labelled sentence is a positive of its topic (the other topic unknown); as many
+    sentences (30+ characters, seeded sample) of training articles without a topic are
+    negatives of that topic.
+    """
+    texts, labels, known = [], [], []
+    for s in sentences:
+        texts.append(s.sentence)
+        labels.append([s.topic == t for t in TOPICS])
+        known.append([s.topic == t for t in TOPICS])
+    negatives = [
+        (sent.text, [not d.item.topics[t] for t in TOPICS])
+        for d in articles
+        if not all(d.item.topics[t] for t in TOPICS)
+        for sent in d.prepared.sentences
+        if len(sent.text) >= 30
+    ]
+    random.Random(seed).shuffle(negatives)
+    for text, kn in negatives[: len(sentences)]:
+        texts.append(text)
+        labels.append([False] * len(TOPICS))
+        known.append(kn)
+    shape = (-1, len(TOPICS))
+    return texts, np.array(labels, bool).reshape(shape), np.array(known, bool).reshape(shape)
 
 
 def _logit_temperature(logits: np.ndarray, gold: np.ndarray) -> float:
