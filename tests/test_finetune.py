@@ -20,6 +20,7 @@ from pipeline.classify.finetune import (
     BRANCH_FILE,
     BRANCH_FROM,
     TopicBranch,
+    branch_cache_key,
     branch_logits,
     fine_tune,
     shared_forward,
@@ -107,7 +108,7 @@ def test_fine_tune_learns_and_round_trips(encoder: Encoder, tmp_path: Path) -> N
     p1 = 1 / (1 + np.exp(-l1))
     # Four epochs on six texts: the training texts are fitted (a sanity check, not a metric).
     assert ((p1 >= 0.5) == LABELS).mean() >= 5 / 6
-    first.save(tmp_path)
+    first.save(tmp_path / BRANCH_FILE)
     loaded = TopicBranch.load(encoder.model, tmp_path)
     l2 = branch_logits(loaded, encoder.model, states)
     assert np.abs(l1 - l2).max() < 0.05  # float16 storage
@@ -119,3 +120,18 @@ def test_artifacts_without_their_branch_say_so(tmp_path: Path) -> None:
         shutil.copy(MODEL_DIR / name, tmp_path / name)
     with pytest.raises(ArtifactsMissing, match=BRANCH_FILE):
         load_artifacts(tmp_path)
+
+
+def test_branch_cache_key_follows_every_input(encoder: Encoder) -> None:
+    known = np.ones_like(LABELS)
+    key = branch_cache_key(encoder, TEXTS, LABELS, known, 1)
+    assert key == branch_cache_key(encoder, list(TEXTS), LABELS.copy(), known, 1)
+    flipped = LABELS.copy()
+    flipped[0, 0] = False
+    others = {
+        branch_cache_key(encoder, TEXTS, LABELS, known, 2),
+        branch_cache_key(encoder, [*TEXTS[:-1], "Another text"], LABELS, known, 1),
+        branch_cache_key(encoder, TEXTS, flipped, known, 1),
+        branch_cache_key(encoder, TEXTS, LABELS, ~known, 1),
+    }
+    assert key not in others and len(others) == 4

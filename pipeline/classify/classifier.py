@@ -432,7 +432,7 @@ def load_artifacts(directory: Path) -> tuple[TopicModel, StanceModel, dict[str, 
 def attach_branch(encoder: Encoder, topic_model: TopicModel, directory: Path) -> None:
     """Give the encoder the fine-tuned topic branch the topic model was trained with."""
     if topic_model.branch_weight > 0:
-        encoder.attach_topic_branch(TopicBranch.load(encoder.model, directory))
+        encoder.attach_topic_branch(TopicBranch.load(encoder.model, directory / BRANCH_FILE))
 
 
 def territory_names(config: AppConfig) -> list[str]:

@@ -131,14 +131,17 @@ class TopicBranch:
         branch.train(False)
         return branch
 
-    def save(self, directory: Path) -> Path:
-        path = directory / BRANCH_FILE
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **self.to_arrays())  # type: ignore[arg-type]
         return path
 
     @classmethod
-    def load(cls, model: Any, directory: Path) -> TopicBranch:
-        with np.load(directory / BRANCH_FILE) as data:
+    def load(cls, model: Any, path: Path) -> TopicBranch:
+        """From a file written by :meth:`save` (a directory means its ``BRANCH_FILE``)."""
+        if path.is_dir():
+            path = path / BRANCH_FILE
+        with np.load(path) as data:
             return cls.from_arrays(model, {k: data[k] for k in data.files})
 
     def rounded(self, model: Any) -> TopicBranch:
@@ -168,6 +171,29 @@ def shared_states(encoder: Any, texts: Sequence[str]) -> list[Any]:
         for row, i in enumerate(idx):
             out[i] = states[row, : len(tokens.ids[i])].clone()
     return out
+
+
+def branch_cache_key(
+    encoder: Any, texts: Sequence[str], labels: np.ndarray, known: np.ndarray, seed: int
+) -> str:
+    """Digest of everything a trained branch depends on: texts, labels, seed, settings,
+    library versions and this module's own source."""
+    import hashlib
+
+    import torch
+    import transformers
+
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    settings = (
+        f"{encoder.name}|{encoder.max_tokens}|{seed}|{torch.__version__}|"
+        f"{transformers.__version__}|{labels.shape}"
+    )
+    digest.update(settings.encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    digest.update(np.ascontiguousarray(labels, dtype=bool).tobytes())
+    digest.update(np.ascontiguousarray(known, dtype=bool).tobytes())
+    return digest.hexdigest()[:20]
 
 
 def _pad(states: Sequence[Any]) -> tuple[Any, Any]:

@@ -9,7 +9,8 @@ Steps (all but 4 on the frozen encoder, whose outputs are cached under
 3. sentence topic head on labelled sentences; article topic head on [article vector,
    sentence-score summary] with cross-fitted sentence scores; thresholds on validation;
 4. fine-tune the encoder's top two layers as a topic branch (pipeline/classify/finetune.py,
-   ~9 min on 2 cores) and pick on validation how much of the final topic score it gives;
+   ~9 min on 2 cores, reused from ``var/classify-cache`` while its texts, labels, seed and
+   code are unchanged) and pick on validation how much of the final topic score it gives;
 5. sentence stance head on actor-marked sentences; temperature on validation;
 6. pair head (which actors in an article hold a position on a topic) on candidates from the
    training articles with cross-fitted stance probabilities; threshold on validation;
@@ -66,6 +67,8 @@ from pipeline.classify.encoder import ArticleEncoding, Encoder
 from pipeline.classify.finetune import (
     BRANCH_FILE,
     BRANCH_FROM,
+    TopicBranch,
+    branch_cache_key,
     branch_logits,
     fine_tune,
     shared_states,
@@ -521,21 +524,33 @@ def train(
     ft_started = time.monotonic()
     model = encoder.model
     short_texts, short_labels, short_known = _short_topic_texts(sent_train, train_d, seed)
-    tr_states = shared_states(encoder, [d.prepared.text for d in train_d] + short_texts)
-    _say(
-        f"topic branch: {len(train_d)} articles and {len(short_texts)} short texts "
-        f"({int(short_labels.any(axis=1).sum())} labelled sentences)"
+    ft_texts = [d.prepared.text for d in train_d] + short_texts
+    ft_labels = np.vstack([y_tr, short_labels])
+    ft_known = np.vstack([np.ones_like(y_tr), short_known])
+    # The branch is the slow part (~9 min): a run with the same inputs, seed and training
+    # code reuses the last one, so iterating on the heads stays quick. Byte-identical
+    # either way, since the trained branch is rounded to float16 before it is cached.
+    cached = (
+        CACHE_DIR
+        / f"topic-branch-{branch_cache_key(encoder, ft_texts, ft_labels, ft_known, seed)}.npz"
     )
-    # Rounded to float16 now, so every score below is what `classify` will compute.
-    branch = fine_tune(
-        model,
-        tr_states,
-        np.vstack([y_tr, short_labels]),
-        TOPICS,
-        known=np.vstack([np.ones_like(y_tr), short_known]),
-        seed=seed,
-        say=_say,
-    ).rounded(model)
+    if cached.exists():
+        branch = TopicBranch.load(model, cached)
+        _say(f"topic branch: reused {cached.name} (same texts, labels, seed and code)")
+        # All texts, as when training: the batches (and so the last float bits of the
+        # training articles' scores, which feed the pair head) depend on the whole set.
+        tr_states = shared_states(encoder, ft_texts)
+    else:
+        _say(
+            f"topic branch: {len(train_d)} articles and {len(short_texts)} short texts "
+            f"({int(short_labels.any(axis=1).sum())} labelled sentences)"
+        )
+        tr_states = shared_states(encoder, ft_texts)
+        # Rounded to float16 now, so every score below is what `classify` will compute.
+        branch = fine_tune(
+            model, tr_states, ft_labels, TOPICS, known=ft_known, seed=seed, say=_say
+        ).rounded(model)
+        branch.save(cached)
     br_tr = branch_logits(branch, model, tr_states[: len(train_d)])
     del tr_states
     br_va = branch_logits(branch, model, shared_states(encoder, [d.prepared.text for d in val_d]))
@@ -787,7 +802,7 @@ def train(
     # ------------------------------------------------------------------------ write
     out.mkdir(parents=True, exist_ok=True)
     if branch_weight > 0:
-        branch.save(out)
+        branch.save(out / BRANCH_FILE)
     else:
         (out / BRANCH_FILE).unlink(missing_ok=True)
     digest = _write_arrays(out, {**topic_model.to_arrays(), **stance_model.to_arrays()})
