@@ -169,7 +169,7 @@ class Encoder:
         self.engine = "onnx"
 
     def attach_topic_branch(self, branch: Any) -> None:
-        """Compute the topic branch's probabilities in the same pass as the token states."""
+        """Compute the topic branch's logits in the same pass as the token states."""
         if self._session is not None:
             log.info("engine onnx: the topic branch runs its shared layers in PyTorch")
         self.topic_branch = branch
