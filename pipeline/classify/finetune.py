@@ -78,16 +78,14 @@ class TopicBranch:
         self.topics = tuple(topics)
 
     @classmethod
-    def initial(cls, model: Any, topics: Sequence[str], seed: int) -> TopicBranch:
+    def initial(cls, model: Any, topics: Sequence[str]) -> TopicBranch:
+        """Copies of the encoder's top layers and a fresh head (drawn from torch's RNG:
+        the caller seeds it when the start must be reproducible)."""
         import torch
 
-        torch.manual_seed(seed)
         layers = copy.deepcopy(model.encoder.layer[BRANCH_FROM:])
         head = torch.nn.Linear(int(model.config.hidden_size), len(topics))
         return cls(layers, head, topics)
-
-    def parameters(self) -> list[Any]:
-        return [*self.layers.parameters(), *self.head.parameters()]
 
     def train(self, mode: bool = True) -> None:
         self.layers.train(mode)
@@ -117,7 +115,7 @@ class TopicBranch:
         import torch
 
         topics = [str(t) for t in arrays["topics"]]
-        branch = cls.initial(model, topics, seed=0)
+        branch = cls.initial(model, topics)  # every weight is overwritten below
 
         def state(prefix: str) -> dict[str, Any]:
             return {
@@ -258,8 +256,8 @@ def fine_tune(
     """
     import torch
 
-    torch.manual_seed(seed)
-    branch = TopicBranch.initial(model, topics, seed)
+    torch.manual_seed(seed)  # the head's initialisation and dropout
+    branch = TopicBranch.initial(model, topics)
     branch.train(True)
     optimiser = torch.optim.AdamW(
         [
