@@ -157,9 +157,13 @@ def main() -> int:
             for e in names:
                 _best(lambda e=e, t=texts: engines[e].encoder.encode(t), enc_runs[e])
             for e in names:
+                engines[e].branch_runs = 0
                 started = time.perf_counter()
                 outputs[e] = engines[e].classify(items)
                 clf_runs[e].append(time.perf_counter() - started)
+        # The article head screens out plainly off-topic items before the fine-tuned topic
+        # branch runs (topics.py, "branch_gate"): how many it still had to score.
+        branch_runs = engines[names[0]].branch_runs
         rate = {e: len(items) / min(enc_runs[e]) for e in names}
         clf_rate = {e: len(items) / min(clf_runs[e]) for e in names}
         row = f"{name:<9}{len(items):>4}{tokens / len(items):>5.0f}"
@@ -173,6 +177,7 @@ def main() -> int:
                 + _compare(outputs["torch"], outputs["onnx"])
             )
         print(row, flush=True)
+        notes.append(f"{name}: the topic branch ran on {branch_runs} of {len(items)} items")
     for note in notes:
         print(note)
     print(f"load average after: {_load()}")

@@ -135,3 +135,81 @@ def test_branch_cache_key_follows_every_input(encoder: Encoder) -> None:
         branch_cache_key(encoder, TEXTS, LABELS, ~known, 1),
     }
     assert key not in others and len(others) == 4
+
+
+def test_deferred_branch_scores_equal_the_in_pass_scores(encoder: Encoder) -> None:
+    # The classifier asks for the branch only after the article head has screened the items:
+    # scores computed later from the kept shared states must be the in-pass scores.
+    topic_model, _, _ = load_artifacts(MODEL_DIR)
+    attach_branch(encoder, topic_model, MODEL_DIR)
+    try:
+        spans = [[(0, 10)] for _ in TEXTS]
+        now = encoder.encode_articles(TEXTS, spans)
+        later = encoder.encode_articles(TEXTS, spans, defer_topics=True)
+        assert all(e.topic_logits is None and e.branch_input is not None for e in later)
+        encoder.score_topics(later[1:3])
+        assert later[0].topic_logits is None and later[0].branch_input is not None
+        encoder.score_topics(later)
+    finally:
+        encoder.topic_branch = None
+    assert all(e.branch_input is None for e in later)
+    for a, b in zip(now, later, strict=True):
+        assert a.topic_logits is not None and b.topic_logits is not None
+        assert np.allclose(a.topic_logits, b.topic_logits, atol=1e-4)
+        assert np.array_equal(a.article, b.article)
+
+
+def test_gate_skips_the_branch_only_for_items_the_head_rules_out() -> None:
+    from pipeline.classify.classifier import load_local
+    from pipeline.config import AppConfig
+
+    clf = load_local(AppConfig())
+    gate = clf.topic_model.branch_gate
+    assert gate is not None and gate.min() > 0 and gate.max() <= 0.05
+    items = [ClassifyInput(id=f"t{k}", text=t) for k, t in enumerate(TEXTS)] + [
+        ClassifyInput(
+            id="weather",
+            title="Storm brings heavy rain to the north-west",
+            text="Forecasters warned of flooding as up to 80mm of rain was expected over the "
+            "hills on Sunday, with gusts of 60mph on exposed coasts.",
+        )
+    ]
+    clf.branch_runs = 0
+    gated = clf.classify(items)
+    runs = clf.branch_runs
+    # The storm report is screened out; the land and talks stories are not.
+    assert 0 < runs < len(items)
+    assert gated[-1].topics["territorial_concessions"].score < gate[0]
+    clf.topic_model.branch_gate = None  # the branch for everything: the same decisions
+    clf.branch_runs = 0
+    full = clf.classify(items)
+    assert clf.branch_runs == len(items)
+    for a, b in zip(gated, full, strict=True):
+        assert {t: s.label for t, s in a.topics.items()} == {
+            t: s.label for t, s in b.topics.items()
+        }
+    assert gated[0].topics["territorial_concessions"].label
+    assert gated[1].topics["peace_talks"].label
+
+
+def test_blend_refuses_a_missing_branch_score_above_the_gate() -> None:
+    topic_model, _, _ = load_artifacts(MODEL_DIR)
+    topic_model.branch_gate = np.array([0.01, 0.02], np.float32)
+    low = np.array([0.005, 0.01], np.float32)
+    assert not topic_model.needs_branch(low)
+    assert np.array_equal(topic_model.blend(low, None), low)
+    with pytest.raises(ValueError, match="branch"):
+        topic_model.blend(np.array([0.005, 0.3], np.float32), None)
+
+
+def test_branch_gate_is_half_the_least_sure_relevant_item() -> None:
+    from pipeline.classify.train import _branch_gate
+
+    head = np.array([[0.2, 0.001], [0.04, 0.5], [0.001, 0.001], [0.3, 0.9]], np.float32)
+    final = np.array([[0.9, 0.0], [0.1, 0.8], [0.0, 0.0], [0.1, 0.9]], np.float32)
+    gold = np.array([[1, 0], [0, 1], [0, 0], [0, 0]], bool)
+    # Territory: relevant item 0 (gold) -> 0.1; item 3 (called at 0.1 < 0.5) does not count.
+    # Talks: items 1 and 3 -> half of 0.5, capped at 0.05.
+    assert np.allclose(_branch_gate(head, final, gold, np.array([0.5, 0.5])), [0.05, 0.05])
+    gold[1, 0] = True  # a relevant item the head scored 0.04
+    assert np.allclose(_branch_gate(head, final, gold, np.array([0.5, 0.5])), [0.02, 0.05])

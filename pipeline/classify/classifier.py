@@ -127,6 +127,8 @@ class LocalClassifier(Classifier):
         self.parser = parser or Parser()
         #: Pair probabilities of the last postprocess() call's stances (per item).
         self.pair_log: list[list[float]] = []
+        #: Items the fine-tuned topic branch has scored (the others were screened out).
+        self.branch_runs = 0
 
     # ------------------------------------------------------------------------ stages
 
@@ -135,25 +137,33 @@ class LocalClassifier(Classifier):
 
     def forward(self, prepared: Sequence[Prepared]) -> list[ArticleEncoding]:
         return self.encoder.encode_articles(
-            [p.text for p in prepared], [[(s.start, s.end) for s in p.sentences] for p in prepared]
+            [p.text for p in prepared],
+            [[(s.start, s.end) for s in p.sentences] for p in prepared],
+            defer_topics=True,
         )
 
     def postprocess(
         self, prepared: Sequence[Prepared], encoded: Sequence[ArticleEncoding]
     ) -> list[ClassifiedText]:
-        topic_probs: list[np.ndarray] = []
+        heads: list[np.ndarray] = []
         sentence_scores: list[np.ndarray] = []
         for p, enc in zip(prepared, encoded, strict=True):
-            probs, sent = self.topic_model.predict(
-                enc.article,
-                enc.sentences,
-                enc.seen,
-                p.text,
-                [s.text for s in p.sentences],
-                enc.topic_logits,
+            head, sent = self.topic_model.head_probs(
+                enc.article, enc.sentences, enc.seen, p.text, [s.text for s in p.sentences]
             )
-            topic_probs.append(probs)
+            heads.append(head)
             sentence_scores.append(sent)
+        # The fine-tuned branch only where the article head is not sure the item is
+        # off-topic (most feed items are): topics.py, "branch_gate".
+        self.encoder.score_topics(
+            [e for e, h in zip(encoded, heads, strict=True) if self.topic_model.needs_branch(h)]
+        )
+        topic_probs = [
+            self.topic_model.blend(h, e.topic_logits) for h, e in zip(heads, encoded, strict=True)
+        ]
+        for e in encoded:
+            e.branch_input = None
+        self.branch_runs += sum(e.topic_logits is not None for e in encoded)
         labels = [probs >= self.topic_model.thresholds for probs in topic_probs]
         relevant = [i for i, lab in enumerate(labels) if lab.any()]
         self._fill_unseen(prepared, encoded, sentence_scores, relevant)

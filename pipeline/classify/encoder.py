@@ -58,6 +58,10 @@ class ArticleEncoding:
     seen: np.ndarray  # (n_sentences,) bool: the span fell inside the encoded tokens
     #: (n_topics,) logits of the fine-tuned topic branch, when one is attached.
     topic_logits: np.ndarray | None = None
+    #: With ``defer_topics``: what the branch needs to score this article later
+    #: (``Encoder.score_topics``): its shared-layer token states (PyTorch engine) or token
+    #: ids (ONNX engine). Dropped once scored.
+    branch_input: Any = None
 
 
 Engine = Literal["auto", "onnx", "torch"]
@@ -179,13 +183,15 @@ class Encoder:
         return self._forward_with_topics(ids, mask, topics=False)[0]
 
     def _forward_with_topics(
-        self, ids: np.ndarray, mask: np.ndarray, *, topics: bool = True
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Token states and, with a topic branch attached, its (batch, n_topics) logits.
+        self, ids: np.ndarray, mask: np.ndarray, *, topics: bool = True, defer: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, Any]:
+        """Token states, the topic branch's (batch, n_topics) logits and deferred inputs.
 
         With the branch, PyTorch runs the bottom layers once and both sets of top layers
         (finetune.py); the ONNX graph gives only final states, so there the branch needs a
-        PyTorch pass of its own.
+        PyTorch pass of its own. With ``defer`` the branch is not run: the third value holds
+        per row what ``score_topics`` needs later (shared states, or the ids under ONNX), so
+        that the classifier runs the branch only where the cheap article head is unsure.
         """
         types = np.zeros_like(ids)
         branch = self.topic_branch if topics else None
@@ -194,7 +200,10 @@ class Encoder:
             feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             hidden = np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
             if branch is None:
-                return hidden, None
+                return hidden, None, None
+            if defer:
+                lengths = mask.sum(1)
+                return hidden, None, [ids[row, : lengths[row]].copy() for row in range(len(ids))]
         import torch
 
         t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
@@ -204,15 +213,50 @@ class Encoder:
                 states = self.model(
                     input_ids=t_ids, attention_mask=t_mask, token_type_ids=t_types
                 ).last_hidden_state
-                return states.float().numpy(), None
+                return states.float().numpy(), None, None
             from pipeline.classify.finetune import BRANCH_FROM, shared_forward, top_forward
 
             shared, mask4 = shared_forward(self.model, t_ids, t_mask, t_types)
-            logits = branch.logits(shared, mask4, t_mask).float().numpy()
             if hidden is None:
                 top = top_forward(self.model.encoder.layer[BRANCH_FROM:], shared, mask4)
                 hidden = top.float().numpy()
-        return hidden, logits
+            if defer:
+                lengths = mask.sum(1)
+                return (
+                    hidden,
+                    None,
+                    [shared[row, : lengths[row]].clone() for row in range(len(ids))],
+                )
+            logits = branch.logits(shared, mask4, t_mask).float().numpy()
+        return hidden, logits, None
+
+    def score_topics(self, encodings: Sequence[ArticleEncoding]) -> None:
+        """Run the topic branch for encodings made with ``defer_topics``; sets their
+        ``topic_logits`` and drops their ``branch_input``."""
+        todo = [e for e in encodings if e.branch_input is not None]
+        if not todo or self.topic_branch is None:
+            return
+        import torch
+
+        from pipeline.classify.finetune import branch_logits, shared_forward
+
+        with torch.inference_mode(), self._autocast():
+            states = [e.branch_input for e in todo]
+            if isinstance(states[0], np.ndarray):  # ONNX engine: ids; shared layers now
+                for idx in self._batches([len(x) for x in states]):
+                    ids, mask = self._padded([states[i] for i in idx])
+                    shared, _ = shared_forward(
+                        self.model,
+                        torch.from_numpy(ids),
+                        torch.from_numpy(mask),
+                        torch.from_numpy(np.zeros_like(ids)),
+                    )
+                    for row, i in enumerate(idx):
+                        states[i] = shared[row, : int(mask[row].sum())]
+            logits = branch_logits(self.topic_branch, self.model, states)
+        for e, row in zip(todo, logits, strict=True):
+            e.topic_logits = row
+            e.branch_input = None
 
     # ------------------------------------------------------------------ precision check
 
@@ -304,12 +348,18 @@ class Encoder:
         return out
 
     def encode_articles(
-        self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]
+        self,
+        texts: Sequence[str],
+        spans: Sequence[Sequence[tuple[int, int]]],
+        *,
+        defer_topics: bool = False,
     ) -> list[ArticleEncoding]:
         """One forward pass per article: article vector and sentence vectors for ``spans``.
 
         ``spans[i]`` are character (start, end) offsets of sentences in ``texts[i]``; a token
-        belongs to a span when its first character lies in [start, end).
+        belongs to a span when its first character lies in [start, end). With a topic branch
+        attached, its logits come in the same pass, or with ``defer_topics`` later from
+        :meth:`score_topics`, for the articles that need them.
         """
         results: list[ArticleEncoding | None] = [None] * len(texts)
         if not texts:
@@ -318,7 +368,7 @@ class Encoder:
         assert tokens.offsets is not None
         for idx in self._batches([len(x) for x in tokens.ids]):
             ids, mask = self._padded([tokens.ids[i] for i in idx])
-            hidden, topic_logits = self._forward_with_topics(ids, mask)
+            hidden, topic_logits, pending = self._forward_with_topics(ids, mask, defer=defer_topics)
             for row, i in enumerate(idx):
                 n = len(tokens.ids[i])
                 states = hidden[row, :n]
@@ -326,6 +376,8 @@ class Encoder:
                 enc = _sentence_vectors(states, tokens.offsets[i], spans[i], art)
                 if topic_logits is not None:
                     enc.topic_logits = topic_logits[row]
+                if pending is not None:
+                    enc.branch_input = pending[row]
                 results[i] = enc
         return [r for r in results if r is not None]
 

@@ -18,6 +18,13 @@ divided by a per-topic temperature fitted on validation before the sigmoid: with
 saturated 0.00 or 1.00 would overrule the head.
 
 Thresholds are chosen on the validation split (max F1) and stored with the weights.
+
+The branch costs a third of the encoder pass, and most feed items are plainly off-topic. So
+the article head (nearly free: it reads the frozen pass) screens first: an item whose head
+probability is below ``branch_gate`` for every topic is reported as not relevant without the
+branch running. The gate is half the lowest head probability of any validation item (article
+or single labelled sentence) that is relevant or that the blended model calls relevant, and
+at most 0.05 (train.py, ``_branch_gate``).
 """
 
 from __future__ import annotations
@@ -72,17 +79,33 @@ class TopicModel:
     branch_weight: float = 0.0
     #: (n_topics,) temperatures for the branch's logits (calibration on validation).
     branch_temperature: np.ndarray | None = None
+    #: (n_topics,) article-head probabilities below which (for every topic) the branch is
+    #: not run and the item is not relevant; None or zeros: the branch always runs.
+    branch_gate: np.ndarray | None = None
     topics: tuple[str, ...] = TOPICS
 
     def branch_probs(self, logits: np.ndarray) -> np.ndarray:
         temperature = 1.0 if self.branch_temperature is None else self.branch_temperature
         return (1.0 / (1.0 + np.exp(-np.asarray(logits) / temperature))).astype(np.float32)
 
+    def needs_branch(self, head_probs: np.ndarray) -> bool:
+        """Must the branch score this item, or is the article head sure it is off-topic?"""
+        if self.branch_weight <= 0.0:
+            return False
+        if self.branch_gate is None:
+            return True
+        return bool((np.asarray(head_probs) >= self.branch_gate).any())
+
     def blend(self, head_probs: np.ndarray, branch_logits: np.ndarray | None) -> np.ndarray:
-        """Final topic probabilities from the article head's and the branch's."""
+        """Final topic probabilities from the article head's and the branch's.
+
+        An item the gate screened out keeps its head probabilities (below the gate, so
+        below every threshold)."""
         if self.branch_weight <= 0.0:
             return head_probs
         if branch_logits is None:
+            if not self.needs_branch(head_probs):
+                return head_probs
             raise ValueError("this topic model needs the fine-tuned topic branch's scores")
         w = self.branch_weight
         return (w * self.branch_probs(branch_logits) + (1.0 - w) * head_probs).astype(np.float32)
@@ -102,10 +125,21 @@ class TopicModel:
         branch_logits: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(article probabilities per topic, sentence scores per sentence and topic)."""
+        head, sent = self.head_probs(article_vec, sentence_vecs, seen, text, sentence_texts)
+        return self.blend(head, branch_logits), sent
+
+    def head_probs(
+        self,
+        article_vec: np.ndarray,
+        sentence_vecs: np.ndarray,
+        seen: np.ndarray,
+        text: str,
+        sentence_texts: Sequence[str],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(article head probabilities per topic, sentence scores): all but the branch."""
         sent = self.sentence_scores(sentence_vecs, sentence_texts)
         feats = article_features(article_vec, sentence_features(sent, seen))
-        head = self.article_head.predict_proba(feats, [article_text(text)])[0]
-        return self.blend(head, branch_logits), sent
+        return self.article_head.predict_proba(feats, [article_text(text)])[0], sent
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -118,6 +152,11 @@ class TopicModel:
                 if self.branch_temperature is None
                 else self.branch_temperature.astype(np.float32)
             ),
+            "topic.branch_gate": (
+                np.zeros(len(self.topics), np.float32)
+                if self.branch_gate is None
+                else self.branch_gate.astype(np.float32)
+            ),
         }
 
     @classmethod
@@ -128,4 +167,5 @@ class TopicModel:
             np.asarray(arrays["topic.thresholds"], np.float32),
             float(arrays["topic.branch_weight"]) if "topic.branch_weight" in arrays else 0.0,
             arrays.get("topic.branch_temperature"),
+            arrays.get("topic.branch_gate"),
         )

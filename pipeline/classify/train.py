@@ -111,6 +111,10 @@ SENTENCE_C = 3.0
 MAX_PAIRS_PER_GOLD = 1.15
 #: Shares of the fine-tuned topic branch tried on validation (0 = article head alone).
 BLEND_WEIGHTS = (1.0, 0.75, 0.5, 0.0)
+#: The branch gate is this share of the lowest article-head probability of a relevant (or
+#: called relevant) validation item, and at most GATE_CAP (topics.py, "branch_gate").
+GATE_SHARE = 0.5
+GATE_CAP = 0.05
 
 
 def _say(message: str) -> None:
@@ -565,9 +569,47 @@ def train(
     train_topic_probs = np.stack(
         [topic_model.blend(h, b) for h, b in zip(train_topic_probs, br_tr, strict=True)]
     )
+    val_head_probs = val_topic_probs
     val_topic_probs = np.stack(
         [topic_model.blend(h, b) for h, b in zip(val_topic_probs, br_va, strict=True)]
     )
+    gate_figures: dict[str, Any] = {}
+    if branch_weight > 0:
+        # Single labelled sentences are the items the head is least sure of: they set the
+        # gate together with the validation articles.
+        short = [s for s in sentences if s.split == "val"]
+        sv_prep = [
+            prepare(ClassifyInput(id=f"sentence-{k}", text=s.sentence)) for k, s in enumerate(short)
+        ]
+        sv_head = np.stack(
+            [
+                topic_model.head_probs(
+                    e.article, e.sentences, e.seen, p.text, [x.text for x in p.sentences]
+                )[0]
+                for p, e in zip(sv_prep, cache.encode_articles(sv_prep), strict=True)
+            ]
+        )
+        sv_logits = branch_logits(branch, model, shared_states(encoder, [p.text for p in sv_prep]))
+        sv_final = np.stack(
+            [topic_model.blend(h, b) for h, b in zip(sv_head, sv_logits, strict=True)]
+        )
+        sv_gold = np.array([[s.topic == t for t in TOPICS] for s in short], bool)
+        topic_model.branch_gate = _branch_gate(
+            np.vstack([val_head_probs, sv_head]),
+            np.vstack([val_topic_probs, sv_final]),
+            np.vstack([y_va, sv_gold]),
+            topic_model.thresholds,
+        )
+        skipped: np.ndarray = ~np.any(val_head_probs >= topic_model.branch_gate, axis=1)
+        gate_figures = {
+            "gate": [round(float(g), 4) for g in topic_model.branch_gate],
+            "validation_items_screened_out": int(skipped.sum()),
+            "validation_items": int(skipped.size),
+        }
+        _say(
+            f"branch gate {gate_figures['gate']}: {int(skipped.sum())} of {skipped.size} "
+            "validation items need no branch pass"
+        )
     if branch_weight > 0:
         encoder.attach_topic_branch(branch)
     ft_seconds = time.monotonic() - ft_started
@@ -843,6 +885,7 @@ def train(
                 "learning_rate": FT_LEARNING_RATE,
                 "temperature": [round(float(t), 2) for t in topic_model.branch_temperature],
                 "seconds": round(ft_seconds, 1),
+                **gate_figures,
             },
         },
         "stance": {
@@ -994,6 +1037,20 @@ def _choose_blend(
             best = (macro, w, [thr for thr, _ in found], [f for _, f in found])
     assert best is not None
     return best[1], best[2], best[3]
+
+
+def _branch_gate(
+    head: np.ndarray, final: np.ndarray, gold: np.ndarray, thresholds: np.ndarray
+) -> np.ndarray:
+    """Per topic: GATE_SHARE x the lowest head probability of an item that is relevant or
+    that the blended model calls relevant, capped at GATE_CAP. Below the gate for every
+    topic, an item skips the branch (topics.py)."""
+    gate = np.full(head.shape[1], GATE_CAP, np.float32)
+    for t in range(head.shape[1]):
+        relevant = gold[:, t] | (final[:, t] >= thresholds[t])
+        if relevant.any():
+            gate[t] = min(GATE_CAP, GATE_SHARE * float(head[relevant, t].min()))
+    return gate
 
 
 def _fit_temperature(head: HybridHead, x: np.ndarray, texts: Sequence[str], y: np.ndarray) -> float:
