@@ -173,3 +173,27 @@ def test_engine_setting() -> None:
     assert ClassifierSettings(engine="torch").engine == "torch"
     with pytest.raises(ValueError):
         ClassifierSettings(engine="tensorrt")  # type: ignore[arg-type]
+
+
+def test_onnx_defers_the_topic_branch_like_torch(onnx_enc: Encoder, torch_enc: Encoder) -> None:
+    # Under ONNX the graph gives only final states: the deferred branch keeps the token ids
+    # and runs the shared layers in PyTorch when asked; the logits match the torch engine's.
+    from pipeline.classify.classifier import attach_branch, load_artifacts
+
+    model_dir = Path(__file__).resolve().parent.parent / "model"
+    topic_model, _, _ = load_artifacts(model_dir)
+    docs = real_articles(6)
+    texts, spans = [d[0] for d in docs], [d[1] for d in docs]
+    for enc in (onnx_enc, torch_enc):
+        attach_branch(enc, topic_model, model_dir)
+    try:
+        deferred = onnx_enc.encode_articles(texts, spans, defer_topics=True)
+        assert all(isinstance(e.branch_input, np.ndarray) for e in deferred)
+        onnx_enc.score_topics(deferred)
+        in_pass = torch_enc.encode_articles(texts, spans)
+    finally:
+        onnx_enc.topic_branch = torch_enc.topic_branch = None
+    for x, y in zip(deferred, in_pass, strict=True):
+        assert x.branch_input is None and x.topic_logits is not None
+        assert y.topic_logits is not None
+        assert np.allclose(x.topic_logits, y.topic_logits, atol=1e-3)

@@ -238,21 +238,12 @@ class Encoder:
             return
         import torch
 
-        from pipeline.classify.finetune import branch_logits, shared_forward
+        from pipeline.classify.finetune import branch_logits, shared_states_of_ids
 
         with torch.inference_mode(), self._autocast():
             states = [e.branch_input for e in todo]
             if isinstance(states[0], np.ndarray):  # ONNX engine: ids; shared layers now
-                for idx in self._batches([len(x) for x in states]):
-                    ids, mask = self._padded([states[i] for i in idx])
-                    shared, _ = shared_forward(
-                        self.model,
-                        torch.from_numpy(ids),
-                        torch.from_numpy(mask),
-                        torch.from_numpy(np.zeros_like(ids)),
-                    )
-                    for row, i in enumerate(idx):
-                        states[i] = shared[row, : int(mask[row].sum())]
+                states = shared_states_of_ids(self, states)
             logits = branch_logits(self.topic_branch, self.model, states)
         for e, row in zip(todo, logits, strict=True):
             e.topic_logits = row

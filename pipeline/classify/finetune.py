@@ -152,22 +152,25 @@ class TopicBranch:
 
 def shared_states(encoder: Any, texts: Sequence[str]) -> list[Any]:
     """Per text, its token states after the shared layers (unpadded float32 tensors)."""
+    return shared_states_of_ids(encoder, encoder._tokenize(texts).ids)
+
+
+def shared_states_of_ids(encoder: Any, ids: Sequence[np.ndarray]) -> list[Any]:
+    """Shared-layer states for unpadded token ids (also the ONNX engine's deferred branch)."""
     import torch
 
-    out: list[Any] = [None] * len(texts)
-    tokens = encoder._tokenize(texts)
-    model = encoder.model
-    for idx in encoder._batches([len(x) for x in tokens.ids]):
-        ids, mask = encoder._padded([tokens.ids[i] for i in idx])
+    out: list[Any] = [None] * len(ids)
+    for idx in encoder._batches([len(x) for x in ids]):
+        padded, mask = encoder._padded([ids[i] for i in idx])
         with torch.inference_mode():
             states, _ = shared_forward(
-                model,
-                torch.from_numpy(ids),
+                encoder.model,
+                torch.from_numpy(padded),
                 torch.from_numpy(mask),
-                torch.from_numpy(np.zeros_like(ids)),
+                torch.from_numpy(np.zeros_like(padded)),
             )
         for row, i in enumerate(idx):
-            out[i] = states[row, : len(tokens.ids[i])].clone()
+            out[i] = states[row, : len(ids[i])].clone()
     return out
 
 
