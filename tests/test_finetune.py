@@ -213,3 +213,35 @@ def test_branch_gate_is_half_the_least_sure_relevant_item() -> None:
     assert np.allclose(_branch_gate(head, final, gold, np.array([0.5, 0.5])), [0.05, 0.05])
     gold[1, 0] = True  # a relevant item the head scored 0.04
     assert np.allclose(_branch_gate(head, final, gold, np.array([0.5, 0.5])), [0.02, 0.05])
+
+
+def test_branch_thresholds_are_half_the_best_f1_and_steady() -> None:
+    from pipeline.classify.train import (
+        _best_threshold,
+        _calibrated_threshold,
+        _choose_blend,
+        _f1_at,
+    )
+
+    rng = np.random.default_rng(7)
+    gold = rng.random(400) < 0.3
+    # Calibrated scores: each item's probability of being relevant is its score.
+    probs = np.clip(np.where(gold, rng.beta(6, 2, 400), rng.beta(2, 6, 400)), 0.0, 1.0)
+    best_f1 = _best_threshold(probs, gold)[1]
+    assert _calibrated_threshold(probs, gold) == pytest.approx(best_f1 / 2, abs=1e-3)
+    # Flipping the two items nearest the argmax threshold barely moves this one.
+    shifted = probs.copy()
+    near = np.argsort(np.abs(probs - _best_threshold(probs, gold)[0]))[:2]
+    shifted[near] = 1.0 - shifted[near]
+    assert abs(_calibrated_threshold(shifted, gold) - _calibrated_threshold(probs, gold)) < 0.02
+
+    head = rng.random((400, 2))
+    branch = np.stack([probs, probs], axis=1)
+    golds = np.stack([gold, gold], axis=1)
+    w, thresholds, f1s = _choose_blend(head, branch, golds, [0.4, 0.6])
+    assert w == 1.0  # the random head only adds noise
+    assert thresholds == [_calibrated_threshold(probs, gold)] * 2
+    assert f1s == [_f1_at(probs, gold, thresholds[0])] * 2  # F1 where it will run, not the best
+    # The article head alone keeps its own thresholds (its probabilities are not calibrated).
+    w, thresholds, _ = _choose_blend(branch, head, golds, [0.4, 0.6])
+    assert (w, thresholds) == (0.0, [0.4, 0.6])
