@@ -145,3 +145,19 @@ def test_longest_name_wins_over_an_earlier_shorter_alias(resolver: ActorResolver
     a = analyse(resolver, "The Polisario Front said it would not take part.")
     [m] = a.mentions
     assert (m.actor, m.text) == ("Polisario Front", "Polisario Front")
+
+
+def test_thailand_cambodia_border_actors_follow_the_date(resolver: ActorResolver) -> None:
+    text = "The Thai prime minister will attend talks in Kuala Lumpur, Bangkok said."
+    assert analyse(resolver, text, date(2025, 10, 26)).actors == [
+        "Anutin Charnvirakul",
+        "Government of Thailand",
+    ]
+    text = "Cambodia's prime minister welcomed the truce. Phnom Penh said it would hold fire; Hun Sen agreed."
+    assert analyse(resolver, text, date(2025, 7, 28)).actors == [
+        "Hun Manet",
+        "Government of Cambodia",
+        "Hun Sen",
+    ]
+    # A painter is not a prime minister: the bare surname is no alias.
+    assert analyse(resolver, "A Manet sold for a record price in Paris.").actors == []
