@@ -225,7 +225,7 @@ def test_branch_thresholds_are_half_the_best_f1_and_steady() -> None:
 
     rng = np.random.default_rng(7)
     gold = rng.random(400) < 0.3
-    # Calibrated scores: each item's probability of being relevant is its score.
+    # Scores that separate the classes the way a calibrated model's would (beta per class).
     probs = np.clip(np.where(gold, rng.beta(6, 2, 400), rng.beta(2, 6, 400)), 0.0, 1.0)
     best_f1 = _best_threshold(probs, gold)[1]
     assert _calibrated_threshold(probs, gold) == pytest.approx(best_f1 / 2, abs=1e-3)

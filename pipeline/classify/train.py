@@ -1067,7 +1067,7 @@ def _calibrated_threshold(probs: np.ndarray, gold: np.ndarray) -> float:
     log-loss of every validation item and the best F1 barely moves between resamples,
     while the argmax threshold rests on the few items near it. On 400 bootstrap
     resamples of validation (thresholds chosen in-bag, F1 out-of-bag) the argmax
-    threshold ranged with a standard deviation of 0.23-0.25 and this one of 0.01, at
+    threshold varied with a standard deviation of 0.23-0.25 and this one of 0.01, at
     about 0.01 higher out-of-bag F1 for both topics (docs/decisions.md).
     """
     return round(_best_threshold(probs, gold)[1] / 2.0, 3)
