@@ -206,13 +206,14 @@ def test_branch_gate_is_half_the_least_sure_relevant_item() -> None:
     from pipeline.classify.train import _branch_gate
 
     head = np.array([[0.2, 0.001], [0.04, 0.5], [0.001, 0.001], [0.3, 0.9]], np.float32)
-    final = np.array([[0.9, 0.0], [0.1, 0.8], [0.0, 0.0], [0.1, 0.9]], np.float32)
     gold = np.array([[1, 0], [0, 1], [0, 0], [0, 0]], bool)
-    # Territory: relevant item 0 (gold) -> 0.1; item 3 (called at 0.1 < 0.5) does not count.
-    # Talks: items 1 and 3 -> half of 0.5, capped at 0.05.
-    assert np.allclose(_branch_gate(head, final, gold, np.array([0.5, 0.5])), [0.05, 0.05])
+    # Territory: relevant item 0 -> 0.1, capped at 0.05. Talks: item 1 -> 0.25, capped.
+    # Item 2 (irrelevant, 0.001) does not pull the gate down, whatever the branch says of it.
+    assert np.allclose(_branch_gate(head, gold), [0.05, 0.05])
     gold[1, 0] = True  # a relevant item the head scored 0.04
-    assert np.allclose(_branch_gate(head, final, gold, np.array([0.5, 0.5])), [0.02, 0.05])
+    assert np.allclose(_branch_gate(head, gold), [0.02, 0.05])
+    gold[2, 1] = True
+    assert np.allclose(_branch_gate(head, gold), [0.02, 0.0005])
 
 
 def test_branch_thresholds_are_half_the_best_f1_and_steady() -> None:

@@ -22,9 +22,8 @@ Thresholds are chosen on the validation split (max F1) and stored with the weigh
 The branch costs a third of the encoder pass, and most feed items are plainly off-topic. So
 the article head (nearly free: it reads the frozen pass) screens first: an item whose head
 probability is below ``branch_gate`` for every topic is reported as not relevant without the
-branch running. The gate is half the lowest head probability of any validation item (article
-or single labelled sentence) that is relevant or that the blended model calls relevant, and
-at most 0.05 (train.py, ``_branch_gate``).
+branch running. The gate is half the lowest head probability of any relevant validation item
+(article or single labelled sentence), and at most 0.05 (train.py, ``_branch_gate``).
 """
 
 from __future__ import annotations

@@ -111,8 +111,8 @@ SENTENCE_C = 3.0
 MAX_PAIRS_PER_GOLD = 1.15
 #: Shares of the fine-tuned topic branch tried on validation (0 = article head alone).
 BLEND_WEIGHTS = (1.0, 0.75, 0.5, 0.0)
-#: The branch gate is this share of the lowest article-head probability of a relevant (or
-#: called relevant) validation item, and at most GATE_CAP (topics.py, "branch_gate").
+#: The branch gate is this share of the lowest article-head probability of a relevant
+#: validation item, and at most GATE_CAP (topics.py, "branch_gate").
 GATE_SHARE = 0.5
 GATE_CAP = 0.05
 
@@ -595,17 +595,18 @@ def train(
             [topic_model.blend(h, b) for h, b in zip(sv_head, sv_logits, strict=True)]
         )
         sv_gold = np.array([[s.topic == t for t in TOPICS] for s in short], bool)
-        topic_model.branch_gate = _branch_gate(
-            np.vstack([val_head_probs, sv_head]),
-            np.vstack([val_topic_probs, sv_final]),
-            np.vstack([y_va, sv_gold]),
-            topic_model.thresholds,
-        )
+        all_head = np.vstack([val_head_probs, sv_head])
+        topic_model.branch_gate = _branch_gate(all_head, np.vstack([y_va, sv_gold]))
         skipped: np.ndarray = ~np.any(val_head_probs >= topic_model.branch_gate, axis=1)
+        # Items the branch calls relevant but the gate screens out: by construction none is
+        # relevant on validation, so each is a false positive the gate removes.
+        screened = ~np.any(all_head >= topic_model.branch_gate, axis=1)
+        called = np.vstack([val_topic_probs, sv_final]) >= topic_model.thresholds
         gate_figures = {
             "gate": [round(float(g), 4) for g in topic_model.branch_gate],
             "validation_items_screened_out": int(skipped.sum()),
             "validation_items": int(skipped.size),
+            "validation_false_positives_screened_out": int((screened & called.any(axis=1)).sum()),
         }
         _say(
             f"branch gate {gate_figures['gate']}: {int(skipped.sum())} of {skipped.size} "
@@ -1073,15 +1074,16 @@ def _calibrated_threshold(probs: np.ndarray, gold: np.ndarray) -> float:
     return round(_best_threshold(probs, gold)[1] / 2.0, 3)
 
 
-def _branch_gate(
-    head: np.ndarray, final: np.ndarray, gold: np.ndarray, thresholds: np.ndarray
-) -> np.ndarray:
-    """Per topic: GATE_SHARE x the lowest head probability of an item that is relevant or
-    that the blended model calls relevant, capped at GATE_CAP. Below the gate for every
-    topic, an item skips the branch (topics.py)."""
+def _branch_gate(head: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Per topic: GATE_SHARE x the lowest head probability of a relevant item, capped at
+    GATE_CAP. Below the gate for every topic, an item skips the branch (topics.py).
+
+    Only relevant items set it. Items the branch calls relevant but the head scores far
+    below every relevant one are the branch's false positives, and the gate may drop them
+    (docs/decisions.md, "The article head screens items before the branch")."""
     gate = np.full(head.shape[1], GATE_CAP, np.float32)
     for t in range(head.shape[1]):
-        relevant = gold[:, t] | (final[:, t] >= thresholds[t])
+        relevant = gold[:, t]
         if relevant.any():
             gate[t] = min(GATE_CAP, GATE_SHARE * float(head[relevant, t].min()))
     return gate
