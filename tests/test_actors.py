@@ -50,6 +50,19 @@ def test_fuzzy_match_catches_an_unlisted_misspelling(resolver: ActorResolver) ->
     assert [m.text for m in fuzzy] == ["Stoltenbreg"]  # the other two are listed aliases
 
 
+def test_fuzzy_match_takes_swapped_letters_but_not_near_words(resolver: ActorResolver) -> None:
+    # Two swapped letters in a six-letter surname score only 83 on the ratio.
+    a = analyse(
+        resolver, "Marcon and Kulbea spoke by phone about the peace plan.", date(2023, 3, 1)
+    )
+    assert a.actors == ["Emmanuel Macron", "Dmytro Kuleba"]
+    # Words a letter away from a surname, and a country that ends a regnal name, are not people.
+    text = "Omani mediators met the delegations. Morocco welcomed the talks in Rabat."
+    assert analyse(resolver, text).actors == ["Oman", "Government of Morocco"]
+    assert analyse(resolver, "The summit in Morocco ended.").actors == []  # not the king
+    assert analyse(resolver, "Omani envoys arrived.").actors != ["Vjosa Osmani"]
+
+
 def test_fuzzy_match_does_not_merge_different_people(resolver: ActorResolver) -> None:
     a = analyse(resolver, "Olena Zelenska visited a school; Zelenska said children need peace.")
     assert a.actors == ["Olena Zelenska"]

