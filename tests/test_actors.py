@@ -60,7 +60,7 @@ def test_fuzzy_match_takes_swapped_letters_but_not_near_words(resolver: ActorRes
     text = "Omani mediators met the delegations. Morocco welcomed the talks in Rabat."
     assert analyse(resolver, text).actors == ["Oman", "Government of Morocco"]
     assert analyse(resolver, "The summit in Morocco ended.").actors == []  # not the king
-    assert analyse(resolver, "Omani envoys arrived.").actors != ["Vjosa Osmani"]
+    assert analyse(resolver, "Omani envoys arrived.").actors == []  # not Vjosa Osmani
 
 
 def test_fuzzy_match_does_not_merge_different_people(resolver: ActorResolver) -> None:
