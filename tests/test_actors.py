@@ -61,6 +61,11 @@ def test_fuzzy_match_takes_swapped_letters_but_not_near_words(resolver: ActorRes
     assert analyse(resolver, text).actors == ["Oman", "Government of Morocco"]
     assert analyse(resolver, "The summit in Morocco ended.").actors == []  # not the king
     assert analyse(resolver, "Omani envoys arrived.").actors == []  # not Vjosa Osmani
+    # Country, language and demonym names are not misspelt people: "Cameroon" is within
+    # reach of Cameron and "Serbian" of Serebrian, whose own misspellings still match.
+    assert analyse(resolver, "Serbian and Cameroon envoys met.").actors == []
+    text = "Serebrain said Chisinau would never give up Transnistria."
+    assert analyse(resolver, text).actors == ["Oleg Serebrian"]
 
 
 def test_fuzzy_match_does_not_merge_different_people(resolver: ActorResolver) -> None:

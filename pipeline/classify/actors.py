@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from babel import Locale
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
@@ -140,6 +141,15 @@ _DEMONYMS = _words(
     hungarian polish finnish swiss dutch italian spanish belarusian western eastern northern
     southern senior former acting deputy"""
 )
+
+
+def _place_and_language_words() -> frozenset[str]:
+    """One-word English names of countries, regions and languages ("Cameroon", "Serbian"),
+    from the CLDR data that Babel ships: the fuzzy surname matcher must not read them as
+    misspelt people ("Cameroon" is two edits from Cameron, "Serbian" one from Serebrian)."""
+    english = Locale("en")
+    names = [*english.territories.values(), *english.languages.values()]
+    return frozenset(fold(n).casefold() for n in names if n.isalpha())
 
 
 #: Institutions that speak for a government: "Somalia's foreign ministry", "an Israeli official".
@@ -281,6 +291,8 @@ class ActorResolver:
         """``exclude``: names that are never unconfigured actors (territories, places)."""
         self.actors = {a.name: a for a in actors}
         self.excluded = {fold(x).casefold() for x in exclude}
+        #: Words that are never a fuzzy surname: places, languages, demonyms, territories.
+        self._not_surnames = _place_and_language_words() | _DEMONYMS | self.excluded
         self._matcher: PhraseMatcher[_Entry] = PhraseMatcher()
         self._surnames: dict[str, str] = {}
         #: Other words of each configured person's names ("volodymyr" for Zelenskyy), so a
@@ -432,6 +444,8 @@ class ActorResolver:
         for i, tok in enumerate(tokens):
             word = tok.text
             if i in covered or len(word) < 6 or not word[0].isupper() or not word.isalpha():
+                continue
+            if word.casefold() in self._not_surnames:
                 continue
             surname = self._fuzzy_surname(word.casefold())
             if surname is None:
