@@ -131,6 +131,7 @@ def test_unconfigured_names_are_reported_normalised(resolver: ActorResolver) -> 
 
 def test_normalise_name() -> None:
     assert normalise_name("President Ivan Petrov's") == "Ivan Petrov"
+    assert normalise_name("Ministers Mher Grigoryan") == "Mher Grigoryan"
     assert normalise_name("the SOUTHERN DEFENCE LEAGUE") == "Southern Defence League"
 
 

@@ -270,7 +270,11 @@ def normalise_name(text: str) -> str:
     text = re.sub(r"['’]s$", "", text.strip())
     text = re.sub(r"^(the|The)\s+", "", text)
     words = text.split()
-    while len(words) > 1 and words[0].casefold().rstrip(".") in _TITLE_WORDS:
+    while len(words) > 1 and (
+        words[0].casefold().rstrip(".") in _TITLE_WORDS
+        # "Deputy Prime Ministers Mher Grigoryan and Shahin Mustafayev": NER keeps the plural
+        or words[0].casefold().removesuffix("s") in _TITLE_WORDS
+    ):
         words = words[1:]
     out = " ".join(words)
     if out.isupper() and len(out) > 4:
