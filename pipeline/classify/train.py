@@ -929,7 +929,7 @@ def train(
         val_preds += classifier.classify([_to_input(a) for a in val_items[start : start + CHUNK]])
         logs += [list(x) for x in classifier.pair_log]
     best_end: tuple[float, float, dict[str, float]] = (-1.0, pair_thr, {})
-    for thr in np.round(np.arange(0.2, 0.81, 0.025), 3):
+    for thr in np.round(np.arange(0.1, 0.81, 0.025), 3):
         filtered = [
             p.model_copy(
                 update={"stances": [s for s, q in zip(p.stances, lg, strict=True) if q >= thr]}
