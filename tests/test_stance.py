@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.classify.actors import ActorMention
-from pipeline.classify.classifier import LocalClassifier, load_local
+from pipeline.classify.classifier import ClassifyInput, LocalClassifier, load_local
 from pipeline.classify.sentences import Sentence
 from pipeline.classify.stance import (
     MARKER,
@@ -95,11 +95,16 @@ def test_sentence_stance_head(
 
 
 def test_stance_depends_on_whose_position(classifier: LocalClassifier) -> None:
-    # Same sentence, different actor marked: the refuser and the one asking for land.
-    text = "Zelensky rejected Putin's demand that Ukraine withdraw from Donetsk."
-    refuser = text.replace("Zelensky", MARKER)
-    asker = text.replace("Putin", MARKER)
-    vecs = classifier.encoder.encode([refuser, asker])
-    probs = classifier.stance_model.sentence_probs(vecs, [0, 0], [refuser, asker])
-    assert STANCES[int(probs[0].argmax())] == "oppose"
-    assert probs[1][0] > probs[0][0]  # the demander leans to support
+    # One sentence, two actors: the one who rejects and the one who demands the land. The
+    # sentence head alone does not tell them apart (on "Zelensky rejected Putin's demand that
+    # Ukraine withdraw from Donetsk." it gives both marked versions oppose, support 0.24 vs
+    # 0.22, with model 03a259975527); the parse cues that classify adds do (subject of
+    # "rejected" vs owner of "demand"), so the pair is checked end to end.
+    text = (
+        "KYIV, March 3 — President Volodymyr Zelensky on Monday rejected Vladimir Putin's "
+        "demand that Ukraine withdraw its troops from the rest of the Donetsk region as the "
+        "price of a ceasefire."
+    )
+    out = classifier.classify([ClassifyInput(id="whose", title="", text=text)])[0]
+    land = {s.actor: s.stance for s in out.stances if s.topic == "territorial_concessions"}
+    assert land == {"Volodymyr Zelenskyy": "oppose", "Vladimir Putin": "support"}
