@@ -6,7 +6,8 @@ Two sets of texts; for each, in the same process and interleaved (so a burst of 
 other users of the machine hits every column alike), the best of ``--repeat`` runs of:
 
 * the bare PyTorch encoder (tokenise + MiniLM forward + mean pooling) - the baseline;
-* the bare ONNX Runtime encoder over exactly the same texts;
+* the bare ONNX Runtime encoder over exactly the same texts, fp32 (``onnx``) and with int8
+  weights (``onnx-int8``);
 * the whole classifier (``LocalClassifier.classify``) with each engine.
 
 Sets:
@@ -18,7 +19,7 @@ Sets:
 
 Ratios: ``clf/enc`` is the classifier against the bare encoder *of the same engine* (how much
 the rest of the classifier costs); ``vs torch enc`` is against the PyTorch baseline. The run
-also checks that both engines reach the same decisions (topic labels, stance pairs, actors)
+also checks that each engine reaches the same decisions as PyTorch (topic labels, stance pairs, actors)
 and prints the load average before and after: the machine is shared, numbers taken at a load
 above ~1.5 on 2 cores are not comparable. Never fails on timing.
 """
@@ -102,19 +103,23 @@ def main() -> int:
     }
     engines: dict[str, Any] = {}
     engines["torch"] = load_local(config, encoder=Encoder(engine="torch", **common))
-    try:
-        onnx_enc = Encoder(engine="onnx", **common)
-        engines["onnx"] = load_local(config, encoder=onnx_enc)
-        info = (
-            f"cosine vs torch {onnx_enc.onnx_cosine:.7f}, built now: {onnx_enc.onnx_info['built']}"
-        )
-    except Exception as exc:  # report and carry on with PyTorch alone
-        info = f"unavailable ({type(exc).__name__}: {exc})"
+    infos = []
+    for engine in ("onnx", "onnx-int8"):
+        try:
+            onnx_enc = Encoder(engine=engine, **common)
+            engines[engine] = load_local(config, encoder=onnx_enc)
+            infos.append(
+                f"{engine}: cosine vs torch {onnx_enc.onnx_cosine:.7f}, "
+                f"built now: {onnx_enc.onnx_info['built']}"
+            )
+        except Exception as exc:  # report and carry on with the engines that work
+            infos.append(f"{engine}: unavailable ({type(exc).__name__}: {exc})")
+    info = "; ".join(infos)
     base = engines["torch"].encoder
     print(
         f"torch threads={torch.get_num_threads()} onnx threads={threads or 'cores'} "
         f"bf16={'on' if base.use_bf16 else 'off'} (native={base.bf16_native}) "
-        f"max_tokens={base.max_tokens} batch={base.batch_size}; onnx: {info}"
+        f"max_tokens={base.max_tokens} batch={base.batch_size}; {info}"
     )
 
     with contextlib.redirect_stdout(io.StringIO()):
@@ -139,8 +144,12 @@ def main() -> int:
 
     names = list(engines)
     header = f"{'set':<9}{'n':>4}{'tok':>5}"
-    header += "".join(f"{e + ' enc/s':>12}{e + ' clf/s':>12}{'clf/enc':>8}" for e in names)
-    header += f"{'onnx clf vs torch enc':>23}" if "onnx" in engines else ""
+    width = {e: max(12, len(e) + 8) for e in names}
+    header += "".join(
+        f"{e + ' enc/s':>{width[e]}}{e + ' clf/s':>{width[e]}}{'clf/enc':>8}" for e in names
+    )
+    others = [e for e in names if e != "torch"]
+    header += "".join(f"{e + ' clf vs torch enc':>{len(e) + 20}}" for e in others)
     print(header)
     notes: list[str] = []
     for name in args.sets.split(","):
@@ -168,13 +177,14 @@ def main() -> int:
         clf_rate = {e: len(items) / min(clf_runs[e]) for e in names}
         row = f"{name:<9}{len(items):>4}{tokens / len(items):>5.0f}"
         for e in names:
-            row += f"{rate[e]:>12.1f}{clf_rate[e]:>12.1f}{clf_rate[e] / rate[e]:>8.2f}"
-        if "onnx" in engines:
-            row += f"{clf_rate['onnx'] / rate['torch']:>23.2f}"
+            row += f"{rate[e]:>{width[e]}.1f}{clf_rate[e]:>{width[e]}.1f}"
+            row += f"{clf_rate[e] / rate[e]:>8.2f}"
+        for e in others:
+            row += f"{clf_rate[e] / rate['torch']:>{len(e) + 20}.2f}"
             notes.append(
-                f"{name}: onnx/torch speed-up: encoder {rate['onnx'] / rate['torch']:.2f}x, "
-                f"classifier {clf_rate['onnx'] / clf_rate['torch']:.2f}x; "
-                + _compare(outputs["torch"], outputs["onnx"])
+                f"{name}: {e}/torch speed-up: encoder {rate[e] / rate['torch']:.2f}x, "
+                f"classifier {clf_rate[e] / clf_rate['torch']:.2f}x; "
+                + _compare(outputs["torch"], outputs[e])
             )
         print(row, flush=True)
         notes.append(f"{name}: the topic branch ran on {branch_runs} of {len(items)} items")

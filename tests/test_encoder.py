@@ -168,9 +168,38 @@ def test_corrupt_cache_file_is_rebuilt(onnx_enc: Encoder, cache_dir: Path, tmp_p
     assert again.engine == "onnx" and again.onnx_info["built"] is True
 
 
+def test_int8_engine_stays_close_to_torch_and_is_cached(
+    onnx_enc: Encoder, torch_enc: Encoder, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Quantised from the fp32 graph the module already exported (onnx_enc), cached beside it.
+    enc = Encoder(engine="onnx-int8", bf16="off", cache_dir=cache_dir)
+    assert enc.engine == "onnx-int8" and enc.onnx_info["built"] is True
+    int8_path = Path(enc.onnx_info["path"])
+    assert int8_path != Path(onnx_enc.onnx_info["path"])
+    # int8 weights: well under half the fp32 file
+    assert int8_path.stat().st_size < 0.5 * Path(onnx_enc.onnx_info["path"]).stat().st_size
+    assert enc.onnx_cosine is not None and enc.onnx_cosine >= onnx_encoder.MIN_COSINE_INT8
+    a, b = enc.encode(SENTENCES), torch_enc.encode(SENTENCES)
+    assert float(np.min(np.sum(a * b, axis=1))) >= 0.98
+    docs = real_articles()
+    texts, spans = [d[0] for d in docs], [d[1] for d in docs]
+    for x, y in zip(
+        enc.encode_articles(texts, spans), torch_enc.encode_articles(texts, spans), strict=True
+    ):
+        assert float(x.article @ y.article) >= 0.98
+
+    def no_quantise(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached int8 graph should have been reused")
+
+    monkeypatch.setattr(onnx_encoder, "_quantise", no_quantise)
+    again = Encoder(engine="onnx-int8", bf16="off", cache_dir=cache_dir)
+    assert again.onnx_info["built"] is False and again.onnx_info["path"] == str(int8_path)
+
+
 def test_engine_setting() -> None:
     assert ClassifierSettings().engine == "torch"  # ONNX measured slower here
     assert ClassifierSettings(engine="torch").engine == "torch"
+    assert ClassifierSettings(engine="onnx-int8").engine == "onnx-int8"
     with pytest.raises(ValueError):
         ClassifierSettings(engine="tensorrt")  # type: ignore[arg-type]
 
