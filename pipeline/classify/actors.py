@@ -22,6 +22,7 @@ speaker or from a short "X said." sentence that follows.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,7 @@ _DEMONYMS = _words(
 )
 
 
+@functools.cache
 def _place_and_language_words() -> frozenset[str]:
     """One-word English names of countries, regions and languages ("Cameroon", "Serbian"),
     from the CLDR data that Babel ships: the fuzzy surname matcher must not read them as
@@ -449,7 +451,7 @@ class ActorResolver:
             word = tok.text
             if i in covered or len(word) < 6 or not word[0].isupper() or not word.isalpha():
                 continue
-            if word.casefold() in self._not_surnames:
+            if fold(word).casefold() in self._not_surnames:  # "Türkiye" as "turkiye"
                 continue
             surname = self._fuzzy_surname(word.casefold())
             if surname is None:
