@@ -236,14 +236,9 @@ def _quantise(source: CachedGraph, onnx_path: Path, meta_path: Path, tokenizer: 
             "cosine_vs_torch": cosine,
             # PyTorch's fp32 vectors: the load check compares the int8 graph with them.
             "check_vectors": source.meta["check_vectors"],
-            "size": out.stat().st_size,
-            "sha256": _file_sha256(out),
             "build_seconds": round(time.monotonic() - started, 1),
         }
-        os.replace(out, onnx_path)
-        tmp_meta = Path(tmp) / "meta.json"
-        tmp_meta.write_text(json.dumps(meta))
-        os.replace(tmp_meta, meta_path)
+        meta = _publish(out, meta, onnx_path, meta_path)
     log.info(
         "quantised ONNX encoder %s in %.1f s (cosine vs torch %.4f)",
         onnx_path.name,
@@ -367,15 +362,9 @@ def _build(
             "fused": fused,
             "cosine_vs_torch": cosine,
             "check_vectors": reference_vecs.round(7).tolist(),
-            "size": opt.stat().st_size,
-            "sha256": _file_sha256(opt),
             "build_seconds": round(time.monotonic() - started, 1),
         }
-        # Atomic: a reader sees the old state or the complete new one, never half a file.
-        os.replace(opt, onnx_path)
-        tmp_meta = Path(tmp) / "meta.json"
-        tmp_meta.write_text(json.dumps(meta))
-        os.replace(tmp_meta, meta_path)
+        meta = _publish(opt, meta, onnx_path, meta_path)
     log.info(
         "built ONNX encoder %s in %.1f s (cosine vs torch %.7f, fused %s)",
         onnx_path.name,
@@ -383,6 +372,18 @@ def _build(
         cosine,
         fused,
     )
+    return meta
+
+
+def _publish(graph: Path, meta: dict[str, Any], onnx_path: Path, meta_path: Path) -> dict[str, Any]:
+    """Move a finished graph (in a temporary folder) and its sidecar, with the file's size and
+    SHA-256 added, into the cache. Atomic: a reader sees the old state or the complete new
+    one, never half a file."""
+    meta = {**meta, "size": graph.stat().st_size, "sha256": _file_sha256(graph)}
+    tmp_meta = graph.with_name("meta.json")
+    os.replace(graph, onnx_path)
+    tmp_meta.write_text(json.dumps(meta))
+    os.replace(tmp_meta, meta_path)
     return meta
 
 
