@@ -180,3 +180,34 @@ def test_thailand_cambodia_border_actors_follow_the_date(resolver: ActorResolver
     ]
     # A painter is not a prime minister: the bare surname is no alias.
     assert analyse(resolver, "A Manet sold for a record price in Paris.").actors == []
+
+
+def test_short_typos_count_when_context_anchors_them(resolver: ActorResolver) -> None:
+    # Five-letter typos of six-letter surnames are too close to ordinary words on their own
+    # ("Omani" for Osmani), but a configured first name before them anchors the match ...
+    text = "Sergei Larov said Moscow would not cede land. Paul Kagme denied backing M23."
+    a = analyse(resolver, text, date(2024, 3, 1))
+    assert a.actors == ["Sergey Lavrov", "Paul Kagame", "M23"]
+    assert [m.text for m in a.mentions if m.source == "fuzzy"] == ["Sergei Larov", "Paul Kagme"]
+    # ... exact words of the name may be short ("Aung") when another word is misspelt ...
+    a = analyse(resolver, "Senior General Min Aung Hling said the army would join talks.")
+    assert a.actors == ["Min Aung Hlaing"]
+    # ... and once the person is named, the same short typo alone is them too.
+    text = "Rustem Umerov led the delegation. Umrov said the talks were constructive."
+    a = analyse(resolver, text, date(2025, 5, 16))
+    assert a.actors == ["Rustem Umerov"]
+    assert [m.actor for m in a.in_sentence(1)] == ["Rustem Umerov"]
+    # Not anchored: the short typo alone is not taken, and a first name with another
+    # surname (one edit from nobody's) is someone else.
+    assert analyse(resolver, "Umrov said the talks were constructive.").actors == []
+    a = analyse(resolver, "Sergei Ivanov said the talks were over.", ner=True)
+    assert "Sergey Lavrov" not in a.actors
+
+
+def test_misspelt_leader_before_office_is_the_office(resolver: ActorResolver) -> None:
+    # "Netanyahu's office" is a generated alias of the Israeli government; its misspelling
+    # must stand for the government too, not for the prime minister himself.
+    text = "Netnyahu's office said Israel would not withdraw from the Philadelphi corridor."
+    a = analyse(resolver, text, date(2024, 6, 1))
+    assert a.actors == ["Israeli government"]
+    assert [m.text for m in a.mentions] == ["Netnyahu's office"]

