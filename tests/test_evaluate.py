@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.classify.dataset import DataError, LabelledArticle, article_from_record
-from pipeline.classify.evaluate import load_gold, score
+from pipeline.classify.evaluate import canonical_names, load_gold, score
 from pipeline.classify.keyword_baseline import keyword_topics
+from pipeline.config import ActorConfig, AppConfig
 from pipeline.models import ClassifiedText, StanceMention, TopicScore
 
 
@@ -135,3 +136,67 @@ def test_load_gold_reports_file_and_line(tmp_path: Path) -> None:
     path.write_text(json.dumps({**good, "topics": {"peace_talks": "yes"}}) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"gold.jsonl:1: topic value must be a bool"):
         load_gold(path)
+    # Case and stray spaces in labels are forgiven; an unknown label is not.
+    stance = {"actor": "Qatar", "topic": " Peace_Talks", "stance": "Support "}
+    path.write_text(json.dumps({**good, "stances": [stance]}) + "\n", encoding="utf-8")
+    [item] = load_gold(path)
+    assert (item.stances[0].topic, item.stances[0].stance) == ("peace_talks", "support")
+    stance["stance"] = "favour"
+    path.write_text(json.dumps({**good, "stances": [stance]}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"gold.jsonl:1: bad stance peace_talks/favour"):
+        load_gold(path)
+
+
+def test_gold_written_with_aliases_is_read_as_the_configured_actor() -> None:
+    # Another labeller writes "Zelensky", "Sergei Lavrov", "the Kremlin" and "Kyiv"; classify
+    # reports canonical names. Without the gazetteer every pair would count twice: once
+    # missed, once invented.
+    items = [
+        gold(
+            "1",
+            True,
+            True,
+            stances=[
+                ("Zelensky", "territorial_concessions", "oppose"),
+                ("Sergei Lavrov", "peace_talks", "oppose"),
+                ("the Kremlin", "territorial_concessions", "support"),
+                ("Kyiv", "peace_talks", "support"),
+                ("Jane Doe", "peace_talks", "neutral"),  # unconfigured: compared as written
+            ],
+        )
+    ]
+    preds = [
+        pred(
+            "1",
+            True,
+            True,
+            stances=[
+                ("Volodymyr Zelenskyy", "territorial_concessions", "oppose"),
+                ("Sergey Lavrov", "peace_talks", "oppose"),
+                ("Kremlin", "territorial_concessions", "support"),
+                ("Government of Ukraine", "peace_talks", "support"),
+                ("Jane Doe", "peace_talks", "neutral"),
+            ],
+        )
+    ]
+    plain = score(items, preds, baseline=False)
+    assert plain.stance.counts()["matched"] == 1  # only Jane Doe
+    names = canonical_names(AppConfig().actors)
+    report = score(items, preds, baseline=False, names=names)
+    assert report.stance.counts() == {
+        "gold_pairs": 5, "predicted_pairs": 5, "matched": 5, "missed": 0, "extra": 0,
+    }  # fmt: skip
+    assert report.stance.macro_f1 == pytest.approx(1.0)
+    assert report.actor_recall == pytest.approx(1.0)
+    assert report.summary()["gold_names_read_as_configured"] == 4
+    assert "'Zelensky' -> Volodymyr Zelenskyy (1)" in report.format()
+    assert names["kremlin"] == "Kremlin" and names["moscow"] == "Kremlin"
+    # an alias two actors share maps to neither; a canonical name wins over an alias
+    shared = canonical_names(
+        [
+            ActorConfig(name="Anna Example", aliases=["the envoy", "Ben Sample"]),
+            ActorConfig(name="Ben Sample", aliases=["the envoy"]),
+        ]
+    )
+    assert "the envoy" not in shared
+    assert shared["ben sample"] == "Ben Sample"

@@ -108,8 +108,9 @@ def article_from_record(record: dict[str, Any], where: str = "") -> LabelledArti
         stances = [
             GoldStance(
                 actor=str(s["actor"]),
-                topic=str(s["topic"]),
-                stance=str(s["stance"]),
+                # "Support" or " oppose" from another labeller's tool is the same label
+                topic=str(s["topic"]).strip().casefold(),
+                stance=str(s["stance"]).strip().casefold(),
                 mention=str(s.get("mention") or ""),
                 evidence=str(s.get("evidence") or ""),
             )

@@ -13,6 +13,10 @@ Metrics (docs/model.md repeats the definitions):
   and an invented pair costs precision, as a user would feel them.
 * **Actor recall**: gold actors (per item, folded names) found among the classifier's
   actors (all mentioned actors plus stance actors), micro-averaged over items.
+* **Gold names**: a gold actor written as an alias or capital of a configured actor
+  ("Zelensky", "Sergei Lavrov", "the Kremlin", "Kyiv") is read as that actor's canonical
+  name, so another labeller's spelling is not scored as a miss plus an invented pair; the
+  report lists the names it read so.
 * The confusion table shows gold rows against predicted columns, "none" included.
 * The keyword baseline (pipeline/classify/keyword_baseline.py) is scored on the same items.
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,7 @@ from pipeline.classify.dataset import DataError, LabelledArticle, article_from_r
 from pipeline.classify.keyword_baseline import keyword_topics
 from pipeline.classify.sentences import fold
 from pipeline.classify.stance import STANCES
-from pipeline.config import TOPICS
+from pipeline.config import TOPICS, ActorConfig
 from pipeline.models import ClassifiedText
 
 NONE = "none"
@@ -39,6 +43,23 @@ NONE = "none"
 
 def _name(actor: str) -> str:
     return " ".join(fold(actor).casefold().split())
+
+
+def canonical_names(actors: Sequence[ActorConfig]) -> dict[str, str]:
+    """Folded name, alias, capital or generated institution alias -> canonical name.
+
+    Canonical names win over aliases; an alias that two actors share is left out.
+    """
+    from pipeline.classify.actors import institution_aliases
+
+    generated = institution_aliases(actors)
+    owners: dict[str, set[str]] = {}
+    for a in actors:
+        for alias in [*a.aliases, *a.speaker_aliases, *generated.get(a.name, [])]:
+            owners.setdefault(_name(alias), set()).add(a.name)
+    out = {key: next(iter(names)) for key, names in owners.items() if len(names) == 1}
+    out.update({_name(a.name): a.name for a in actors})
+    return out
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
@@ -124,6 +145,8 @@ class EvalReport:
     actor_total: int
     stance_actor_found: int
     baseline: TopicScores | None = None
+    #: gold actor names read as a configured actor's canonical name, with their counts
+    renamed: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @property
     def actor_recall(self) -> float:
@@ -145,6 +168,7 @@ class EvalReport:
         }
         if self.baseline is not None:
             out["keyword_baseline_topic_macro_f1"] = round(self.baseline.macro_f1, 4)
+        out["gold_names_read_as_configured"] = sum(self.renamed.values())
         return out
 
     def format(self) -> str:
@@ -194,6 +218,16 @@ class EvalReport:
             f"actor recall from stances only: "
             f"{self.stance_actor_found / self.actor_total if self.actor_total else 0.0:.3f}",
         ]
+        if self.renamed:
+            shown = ", ".join(
+                f"{gold!r} -> {canonical} ({n})"
+                for (gold, canonical), n in self.renamed.most_common(8)
+            )
+            more = len(self.renamed) - 8
+            lines.append(
+                f"gold actor names read as configured actors: {shown}"
+                + (f", and {more} more" if more > 0 else "")
+            )
         return "\n".join(lines)
 
 
@@ -202,20 +236,34 @@ def score(
     predictions: Sequence[ClassifiedText],
     *,
     baseline: bool = True,
+    names: Mapping[str, str] | None = None,
 ) -> EvalReport:
+    """``names``: folded alias -> canonical name (``canonical_names``), applied to both sides."""
+    names = names or {}
+    renamed: Counter[tuple[str, str]] = Counter()
+
+    def key(actor: str, gold: bool = False) -> str:
+        folded = _name(actor)
+        canonical = names.get(folded)
+        if canonical is None:
+            return folded
+        if gold and _name(canonical) != folded:
+            renamed[(actor, canonical)] += 1
+        return _name(canonical)
+
     gold_topics = [it.topics for it in items]
     pred_topics = [{t: p.topics[t].label for t in TOPICS} for p in predictions]
     stance = StanceScores()
     found = total = stance_found = 0
     for it, p in zip(items, predictions, strict=True):
-        gold_pairs = {(_name(s.actor), s.topic): s.stance for s in it.stances}
+        gold_pairs = {(key(s.actor, gold=True), s.topic): s.stance for s in it.stances}
         pred_pairs: dict[tuple[str, str], str] = {}
         for s in sorted(p.stances, key=lambda s: -s.score):
-            pred_pairs.setdefault((_name(s.actor), s.topic), s.stance)
+            pred_pairs.setdefault((key(s.actor), s.topic), s.stance)
         stance.add(gold_pairs, pred_pairs)
-        gold_actors = {_name(a) for a in it.actors} | {_name(s.actor) for s in it.stances}
-        predicted = {_name(a) for a in p.actors}
-        stance_actors = {_name(s.actor) for s in p.stances}
+        gold_actors = {key(a) for a in it.actors} | {key(s.actor) for s in it.stances}
+        predicted = {key(a) for a in p.actors}
+        stance_actors = {key(s.actor) for s in p.stances}
         total += len(gold_actors)
         found += len(gold_actors & (predicted | stance_actors))
         stance_found += len(gold_actors & stance_actors)
@@ -225,7 +273,14 @@ def score(
         else None
     )
     return EvalReport(
-        len(items), topic_scores(gold_topics, pred_topics), stance, found, total, stance_found, base
+        len(items),
+        topic_scores(gold_topics, pred_topics),
+        stance,
+        found,
+        total,
+        stance_found,
+        base,
+        renamed,
     )
 
 
@@ -235,11 +290,14 @@ def evaluate_items(
     *,
     baseline: bool = True,
     progress: bool = False,
+    actors: Sequence[ActorConfig] = (),
 ) -> EvalReport:
+    """Classify ``items`` and score them; ``actors`` map gold aliases to canonical names."""
     inputs = [
         ClassifyInput(id=i.id, title=i.title, text=i.text, published=i.published) for i in items
     ]
-    return score(items, classifier.classify(inputs, progress=progress), baseline=baseline)
+    predictions = classifier.classify(inputs, progress=progress)
+    return score(items, predictions, baseline=baseline, names=canonical_names(actors))
 
 
 def load_gold(path: Path) -> list[LabelledArticle]:

@@ -906,7 +906,7 @@ def train(
             "validation_pair_f1": round(pair_f1, 4),
         },
     }
-    from pipeline.classify.evaluate import StanceScores, evaluate_items, score
+    from pipeline.classify.evaluate import StanceScores, canonical_names, evaluate_items, score
 
     classifier = LocalClassifier(
         encoder,
@@ -929,6 +929,7 @@ def train(
         val_preds += classifier.classify([_to_input(a) for a in val_items[start : start + CHUNK]])
         logs += [list(x) for x in classifier.pair_log]
     best_end: tuple[float, float, dict[str, float]] = (-1.0, pair_thr, {})
+    names = canonical_names(config.actors)
     for thr in np.round(np.arange(0.1, 0.81, 0.025), 3):
         filtered = [
             p.model_copy(
@@ -936,7 +937,7 @@ def train(
             )
             for p, lg in zip(val_preds, logs, strict=True)
         ]
-        val_conf = score(val_items, filtered, baseline=False).stance.confusion
+        val_conf = score(val_items, filtered, baseline=False, names=names).stance.confusion
         pooled = StanceScores(val_conf + p_tr.confusion(oof_pair, float(thr)))
         figures = {
             "strict": pooled.macro_f1,
@@ -969,7 +970,7 @@ def train(
     if evaluate_test:
         for name in ("val", "test"):
             items = [d.item for d in data if split[d.item.id] == name]
-            report = evaluate_items(classifier, items, baseline=False)
+            report = evaluate_items(classifier, items, baseline=False, actors=config.actors)
             manifest[f"{name}_metrics"] = report.summary()
             _say(f"{name} metrics: {json.dumps(report.summary())}")
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

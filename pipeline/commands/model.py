@@ -182,12 +182,13 @@ def evaluate_command(
         except DataError as exc:
             _err(f"error: {exc}")
             raise typer.Exit(2) from None
+    config = AppConfig(config_dir)
     try:
-        classifier = load_classifier(AppConfig(config_dir))
+        classifier = load_classifier(config)
     except (ArtifactsMissing, RuntimeError, OSError) as exc:
         _err(f"error: {exc}")
         raise typer.Exit(2) from None
-    report = evaluate_items(classifier, items, progress=len(items) > 256)
+    report = evaluate_items(classifier, items, progress=len(items) > 256, actors=config.actors)
     if as_json:
         print(json.dumps(report.summary()))
     else:
