@@ -241,3 +241,24 @@ def test_ner_without_the_shared_tok2vec_finds_the_same_entities(
     ents = [[(e.text, e.label_) for e in d.ents] for d in nlp.pipe(sentences)]
     assert ents == [[(e.text, e.label_) for e in d.ents] for d in full.pipe(sentences)]
     assert any(("Corneille Nangaa", "PERSON") in found for found in ents)
+
+
+def test_coordinated_countries_speak(resolver: ActorResolver) -> None:
+    # "Government of X" answers to "X" as a speaker (CLDR country names only), and every
+    # subject of a coordinated list speaks, not only the one next to the verb.
+    text = "Thailand and Cambodia agreed on Monday to an immediate ceasefire."
+    assert analyse(resolver, text).actors == ["Government of Thailand", "Government of Cambodia"]
+    text = "ISLAMABAD, May 17 (Wire) - Pakistan on Friday rejected remarks by Indian ministers."
+    assert analyse(resolver, text).actors == ["Government of Pakistan"]
+    text = "Egypt, Turkey and the European Union said they rejected the recognition."
+    a = analyse(resolver, text)
+    assert [(m.actor, m.speaker) for m in a.mentions] == [
+        ("Egypt", True), ("Turkey", True), ("European Union", True),
+    ]  # fmt: skip
+    # not as places, nor after a preposition, and an appositive is still no coordination
+    assert analyse(resolver, "Talks between Pakistan and India resumed in Doha.").actors == []
+    assert analyse(resolver, "The summit in Rwanda and Kenya ended.").actors == []
+    a = analyse(resolver, "Lavrov, Russia's top diplomat, said the talks were over.")
+    assert a.actors == ["Sergey Lavrov"]
+    # "Government of National Accord" is not a country: no "National Accord" speaker
+    assert analyse(resolver, "National Accord said it would attend.").actors == []

@@ -228,6 +228,28 @@ def institution_aliases(actors: Sequence[ActorConfig]) -> dict[str, list[str]]:
     return out
 
 
+def country_speaker_aliases(actors: Sequence[ActorConfig]) -> dict[str, list[str]]:
+    """The country name of each "Government of X" as a speaker alias: "Rwanda said ...".
+
+    Configured by hand only for some governments ("Russia" for the Kremlin), so "Pakistan on
+    Friday rejected ..." and "Thailand and Cambodia agreed ..." had no actor. Only CLDR
+    country names count ("Government of National Accord" is not a country), and a name any
+    actor already uses (as name, alias or speaker alias) is not generated.
+    """
+    taken = {fold(p).casefold() for a in actors for p in [a.name, *a.aliases, *a.speaker_aliases]}
+    countries = {fold(n).casefold() for n in Locale("en").territories.values()}
+    out: dict[str, list[str]] = {}
+    for a in actors:
+        if a.kind != "government" or not a.name.startswith("Government of "):
+            continue
+        country = a.name.removeprefix("Government of ").removeprefix("the ")
+        key = fold(country).casefold()
+        if key in countries and key not in taken:
+            taken.add(key)
+            out[a.name] = [country]
+    return out
+
+
 @dataclass(frozen=True)
 class ActorMention:
     """One mention of an actor in the text."""
@@ -310,11 +332,12 @@ class ActorResolver:
         #: fuzzy surname after an unknown first name ("Mohamed Abdullahi") is not taken.
         self._name_words: dict[str, set[str]] = {}
         generated = institution_aliases(actors)
+        countries = country_speaker_aliases(actors)
         for a in actors:
             self._matcher.add_many(
                 [a.name, *a.aliases, *generated.get(a.name, [])], _Entry(a.name, a.kind, "alias")
             )
-            for alias in a.speaker_aliases:
+            for alias in [*a.speaker_aliases, *countries.get(a.name, [])]:
                 self._matcher.add(alias, _Entry(a.name, a.kind, "speaker_alias"))
             for role in a.roles:
                 self._matcher.add(
@@ -374,7 +397,7 @@ class ActorResolver:
             fold(p).casefold()
             for a in actors
             for p in [a.name, *a.aliases, *a.speaker_aliases, *(r.title for r in a.roles)]
-        }
+        } | {fold(c).casefold() for names in countries.values() for c in names}
         self._use_ner = use_ner
         self._nlp: Any = None
 
@@ -864,6 +887,15 @@ def _speaker_position(
             return True
         if w == ":" and k + 1 < len(tokens) and tokens[k + 1].text in _QUOTE_CHARS:
             return True
+        if w in (",", "and") and steps == 0:
+            # a coordinated subject: "Russia and Ukraine agreed", "Egypt, Turkey and Djibouti
+            # said"; after a comma only if an "and" follows ("Lavrov, Russia's top diplomat,
+            # said" is an appositive, below)
+            end = _coordinated(tokens, k, sent_of)
+            if end is not None:
+                steps += end - k
+                k = end
+                continue
         if w == "," and steps == 0:
             # an appositive: jump to the comma that closes it
             close = next(
@@ -890,6 +922,28 @@ def _speaker_position(
         # Monday' / 'said Ukrainian President Volodymyr Zelenskyy'.
         return not nxt[:1].isalnum() or nxt[:1].isupper() or nxt.casefold() in _AFTER_INVERSION
     return True
+
+
+def _coordinated(tokens: Sequence[Token], k: int, sent_of: Sequence[int]) -> int | None:
+    """The index after the names coordinated with a subject from tokens[k] ("," or "and")
+    on: "and Ukraine", ", Turkey and Djibouti", "and the European Union". None if the words
+    from k are not such a list."""
+    sent = sent_of[k]
+    j = k
+    seen_and = False
+    names = 0
+    while j < len(tokens) and sent_of[j] == sent and j - k < 12:
+        w = tokens[j].text
+        if w.casefold() == "and":
+            seen_and = True
+        elif w[:1].isupper() and w.replace("-", "").replace(".", "").isalpha():
+            names += 1
+        elif w not in (",", "the", "of", "'s", "’s"):
+            break
+        j += 1
+    if not seen_and or names == 0 or tokens[j - 1].text[:1].islower() or j == k:
+        return None
+    return j
 
 
 def _attribute_quotes(mentions: list[ActorMention], sentences: Sequence[Sentence]) -> ActorAnalysis:

@@ -50,12 +50,14 @@ def canonical_names(actors: Sequence[ActorConfig]) -> dict[str, str]:
 
     Canonical names win over aliases; an alias that two actors share is left out.
     """
-    from pipeline.classify.actors import institution_aliases
+    from pipeline.classify.actors import country_speaker_aliases, institution_aliases
 
     generated = institution_aliases(actors)
+    countries = country_speaker_aliases(actors)
     owners: dict[str, set[str]] = {}
     for a in actors:
-        for alias in [*a.aliases, *a.speaker_aliases, *generated.get(a.name, [])]:
+        aliases = [*a.aliases, *a.speaker_aliases, *countries.get(a.name, [])]
+        for alias in [*aliases, *generated.get(a.name, [])]:
             owners.setdefault(_name(alias), set()).add(a.name)
     out = {key: next(iter(names)) for key, names in owners.items() if len(names) == 1}
     out.update({_name(a.name): a.name for a in actors})
