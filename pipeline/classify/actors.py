@@ -562,7 +562,8 @@ class ActorResolver:
     def _fuzzy_full_names(
         self, text: str, tokens: Sequence[Token], covered: set[int], sent_of: Sequence[int]
     ) -> list[ActorMention]:
-        """A configured first name, then words each one edit from the rest of the name.
+        """A configured first name, then the rest of that person's name, each word exact or
+        a typo of it.
 
         The first name anchors the match, so four- and five-letter typos of the other words
         count ("Sergei Larov", "Mohamed Hadan Daalo", "Min Aung Hling"); a misspelt word
@@ -623,8 +624,8 @@ class ActorResolver:
         sent_of: Sequence[int],
         named: set[str],
     ) -> list[ActorMention]:
-        """Once a person is named in the article, a word of 4+ letters one edit from their
-        surname (same first letter) is them too: "Umrov said" after "Rustem Umerov"."""
+        """Once a person is named in the article, a typo of their surname (``_one_typo``) is
+        them too: "Umrov said" after "Rustem Umerov"."""
         out: list[ActorMention] = []
         candidates = [(a, s) for a in sorted(named) for s in self._surnames_of.get(a, ())]
         if not candidates:
