@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.classify.actors import country_speaker_aliases, institution_aliases
 from pipeline.classify.classifier import Classifier, ClassifyInput
 from pipeline.classify.dataset import DataError, LabelledArticle, article_from_record
 from pipeline.classify.keyword_baseline import keyword_topics
@@ -50,8 +51,6 @@ def canonical_names(actors: Sequence[ActorConfig]) -> dict[str, str]:
 
     Canonical names win over aliases; an alias that two actors share is left out.
     """
-    from pipeline.classify.actors import country_speaker_aliases, institution_aliases
-
     generated = institution_aliases(actors)
     countries = country_speaker_aliases(actors)
     owners: dict[str, set[str]] = {}
