@@ -141,10 +141,63 @@ def test_load_gold_reports_file_and_line(tmp_path: Path) -> None:
     path.write_text(json.dumps({**good, "stances": [stance]}) + "\n", encoding="utf-8")
     [item] = load_gold(path)
     assert (item.stances[0].topic, item.stances[0].stance) == ("peace_talks", "support")
-    stance["stance"] = "favour"
+    stance["stance"] = "maybe"
     path.write_text(json.dumps({**good, "stances": [stance]}) + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"gold.jsonl:1: bad stance peace_talks/favour"):
+    with pytest.raises(DataError, match=r"gold.jsonl:1: bad stance peace_talks/maybe"):
         load_gold(path)
+    path.write_text(json.dumps({"title": "t", "text": "x"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"gold.jsonl:1: missing field 'id'"):
+        load_gold(path)
+
+
+def test_gold_from_other_tools_reads_the_same() -> None:
+    # A labelling tool may write the relevant topics as a list (like the index's
+    # topic_labels), topic names with spaces, SemEval's FAVOR / AGAINST, actors as objects,
+    # and nest the labels under "gold". All of it means the same item as our own schema.
+    ours = gold(
+        "x1",
+        True,
+        True,
+        stances=[
+            ("Qatar", "peace_talks", "support"),
+            ("Hamas", "territorial_concessions", "oppose"),
+        ],
+        actors=["Qatar", "Hamas"],
+    )
+    other = article_from_record(
+        {
+            "id": "x1",
+            "title": "t",
+            "text": "x",
+            "gold": {
+                "topics": ["Territorial concessions", "peace-talks"],
+                "actors": [{"name": "Qatar", "kind": "government"}, "Hamas"],
+                "stances": [
+                    {"actor": "Qatar", "topic": "Peace Talks", "stance": "FAVOR"},
+                    {"actor": "Hamas", "topic": "territorial_concessions", "stance": "AGAINST"},
+                ],
+            },
+        }
+    )
+    assert (other.topics, other.actors) == (ours.topics, ours.actors)
+    assert [(s.actor, s.topic, s.stance) for s in other.stances] == [
+        (s.actor, s.topic, s.stance) for s in ours.stances
+    ]
+    listed = article_from_record({"id": "x2", "topic_labels": ["peace_talks"]})
+    assert listed.topics == {"territorial_concessions": False, "peace_talks": True}
+    assert article_from_record({"id": "x3", "topics": []}).topics == {
+        "territorial_concessions": False, "peace_talks": False,
+    }  # fmt: skip
+    # A label we do not know is an error, never a silent "not relevant".
+    with pytest.raises(DataError, match=r"here: unknown topic 'ceasefire'"):
+        article_from_record({"id": "x4", "topics": ["peace_talks", "ceasefire"]}, "here")
+    with pytest.raises(DataError, match=r"unknown topic 'peace_talk'"):
+        article_from_record({"id": "x5", "topics": {"peace talk": True}})
+    assert article_from_record({"id": "x6", "topics": {"sports": False}}).topics == {
+        "territorial_concessions": False, "peace_talks": False,
+    }  # fmt: skip
+    with pytest.raises(DataError, match=r"topics must be a mapping or a list"):
+        article_from_record({"id": "x7", "topics": "peace_talks"})
 
 
 def test_gold_written_with_aliases_is_read_as_the_configured_actor() -> None:

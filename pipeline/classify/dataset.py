@@ -93,6 +93,51 @@ def topic_label(value: Any) -> bool:
     raise ValueError(f"topic value must be a bool or {{'label': bool}}, got {value!r}")
 
 
+def topic_name(value: Any) -> str:
+    """Topic names as other tools write them: "Peace talks", "peace-talks" -> peace_talks."""
+    return re.sub(r"[\s-]+", "_", str(value).strip().casefold())
+
+
+#: Stance words other labelling schemes use (SemEval's FAVOR / AGAINST) for ours.
+STANCE_SYNONYMS = {"favor": "support", "favour": "support", "against": "oppose"}
+
+
+def stance_name(value: Any) -> str:
+    word = str(value).strip().casefold()
+    return STANCE_SYNONYMS.get(word, word)
+
+
+def topics_of(value: Any) -> dict[str, bool]:
+    """Gold topics as a mapping ({"peace_talks": true} or the classify output shape) or as
+    the list of relevant topics (["peace_talks"], like the index's ``topic_labels``)."""
+    if value is None:
+        return dict.fromkeys(TOPICS, False)
+    if isinstance(value, (list, tuple)):
+        names = {topic_name(v) for v in value}
+        unknown = sorted(names - set(TOPICS))
+        if unknown:
+            raise ValueError(f"unknown topic {unknown[0]!r} (expected one of {', '.join(TOPICS)})")
+        return {t: t in names for t in TOPICS}
+    if isinstance(value, dict):
+        labels = {topic_name(k): topic_label(v) for k, v in value.items()}
+        # A topic we do not know marked true would silently drop a label: say so instead.
+        unknown = sorted(k for k, v in labels.items() if v and k not in TOPICS)
+        if unknown:
+            raise ValueError(f"unknown topic {unknown[0]!r} (expected one of {', '.join(TOPICS)})")
+        return {t: labels.get(t, False) for t in TOPICS}
+    raise ValueError(f"topics must be a mapping or a list of topic names, got {value!r}")
+
+
+def _actor_name(value: Any) -> str:
+    """Gold actors as names, or as objects with a name (``{"name": ..., "kind": ...}``)."""
+    if isinstance(value, dict):
+        for key in ("name", "actor", "canonical"):
+            if value.get(key):
+                return str(value[key])
+        raise ValueError(f"actor object without a name: {value!r}")
+    return str(value)
+
+
 def parse_published(value: Any) -> datetime | None:
     if value in (None, ""):
         return None
@@ -102,15 +147,21 @@ def parse_published(value: Any) -> datetime | None:
 
 
 def article_from_record(record: dict[str, Any], where: str = "") -> LabelledArticle:
-    """One gold article; raises DataError naming ``where`` on a schema problem."""
+    """One gold article; raises DataError naming ``where`` on a schema problem.
+
+    Besides our own files this reads gold written by other tools: topics as a list, stance
+    words in another case or spelling, labels nested under "gold" or "labels"."""
     try:
-        topics = {t: topic_label(record.get("topics", {}).get(t, False)) for t in TOPICS}
+        for wrapper in ("gold", "labels"):
+            if isinstance(record.get(wrapper), dict):
+                record = {**record, **record[wrapper]}
+        raw_topics = record["topics"] if "topics" in record else record.get("topic_labels")
+        topics = topics_of(raw_topics)
         stances = [
             GoldStance(
                 actor=str(s["actor"]),
-                # "Support" or " oppose" from another labeller's tool is the same label
-                topic=str(s["topic"]).strip().casefold(),
-                stance=str(s["stance"]).strip().casefold(),
+                topic=topic_name(s["topic"]),
+                stance=stance_name(s["stance"]),
                 mention=str(s.get("mention") or ""),
                 evidence=str(s.get("evidence") or ""),
             )
@@ -125,13 +176,15 @@ def article_from_record(record: dict[str, Any], where: str = "") -> LabelledArti
             text=str(record.get("text") or ""),
             published=parse_published(record.get("published")),
             topics=topics,
-            actors=[str(a) for a in record.get("actors") or []],
+            actors=[_actor_name(a) for a in record.get("actors") or []],
             stances=stances,
             kind=str(record.get("kind") or ""),
             conflict=str(record.get("conflict") or ""),
             source=where,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except KeyError as exc:
+        raise DataError(f"{where}: missing field {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
         raise DataError(f"{where}: {exc}") from None
 
 
