@@ -148,7 +148,10 @@ def train_command(
 
 def evaluate_command(
     path: Path | None = typer.Argument(
-        None, help="JSON Lines of classify input plus gold labels (see docs/labelling-guide.md)."
+        None,
+        help="JSON Lines of classify input plus gold labels (see docs/labelling-guide.md): "
+        "topics as {name: bool} or a list of relevant names, stances as "
+        "[{actor, topic, stance}], optionally nested under 'gold' or 'labels'.",
     ),
     split: str | None = typer.Option(
         None,
