@@ -262,3 +262,24 @@ def test_coordinated_countries_speak(resolver: ActorResolver) -> None:
     assert a.actors == ["Sergey Lavrov"]
     # "Government of National Accord" is not a country: no "National Accord" speaker
     assert analyse(resolver, "National Accord said it would attend.").actors == []
+
+
+def test_country_names_outside_cldr_speak(resolver: ActorResolver) -> None:
+    # Names a CLDR lookup does not give ("the US", "DR Congo", "the Russian Federation")
+    # are configured speaker aliases; like capitals they count only as speakers.
+    cases = {
+        "The US said on Tuesday it supported the talks in Doha.": "United States",
+        "The U.S. also called on Hamas to accept the proposal.": "United States",
+        "DR Congo said it would not cede any territory to the rebels.": (
+            "Government of the Democratic Republic of the Congo"
+        ),
+        "The Democratic Republic of Congo and Rwanda agreed to a deal.": (
+            "Government of the Democratic Republic of the Congo"
+        ),
+        "The Russian Federation rejected the proposal.": "Kremlin",
+        "Greek Cypriots said they backed resuming UN-led talks.": "Government of Cyprus",
+    }
+    for text, actor in cases.items():
+        assert actor in analyse(resolver, text).actors, text
+    assert analyse(resolver, "Talks on aid to DR Congo resumed in Doha.").actors == []
+    assert analyse(resolver, "Ministers flew to the US on Monday.").actors == []
