@@ -283,3 +283,24 @@ def test_country_names_outside_cldr_speak(resolver: ActorResolver) -> None:
         assert actor in analyse(resolver, text).actors, text
     assert analyse(resolver, "Talks on aid to DR Congo resumed in Doha.").actors == []
     assert analyse(resolver, "Ministers flew to the US on Monday.").actors == []
+
+
+def test_generic_aliases_need_the_actor_named_elsewhere(resolver: ActorResolver) -> None:
+    # "The junta" is Myanmar's council only in a story that names Myanmar's side; in a Mali
+    # story it is nobody we know. The same for "the bloc", "security cabinet" and the like.
+    mali = "BAMAKO - The junta said on Monday it would not negotiate with the rebels."
+    assert analyse(resolver, mali).actors == []
+    myanmar = "Myanmar junta invites armed groups to talks. The junta said it would talk."
+    a = analyse(resolver, myanmar)
+    assert [(m.actor, m.text) for m in a.mentions] == [
+        ("State Administration Council", "Myanmar junta"),
+        ("State Administration Council", "The junta"),
+    ]
+    # a capital anywhere in the text anchors it, even where it is not a speaker
+    text = "The junta said it would talk. Fighting continued near Naypyidaw."
+    assert analyse(resolver, text).actors == ["State Administration Council"]
+    assert analyse(resolver, "ASEAN ministers met. The bloc backed talks.").actors == ["ASEAN"]
+    text = "The EU backed talks. The bloc later added conditions."
+    assert [m.text for m in analyse(resolver, text).mentions] == ["The EU", "The bloc"]
+    text = "The prime minister's office said Starmer would attend."
+    assert analyse(resolver, text).actors == ["Keir Starmer"]

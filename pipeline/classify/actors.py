@@ -292,6 +292,13 @@ class _Entry:
     source: str
     valid_from: date | None = None
     valid_until: date | None = None
+    #: An alias without a proper noun ("the junta", "the bloc", "security cabinet"): it names
+    #: the actor only where the text also names the actor another way.
+    generic: bool = False
+
+
+def _is_generic(alias: str) -> bool:
+    return not any(ch.isupper() for ch in alias)
 
 
 def normalise_name(text: str) -> str:
@@ -334,9 +341,10 @@ class ActorResolver:
         generated = institution_aliases(actors)
         countries = country_speaker_aliases(actors)
         for a in actors:
-            self._matcher.add_many(
-                [a.name, *a.aliases, *generated.get(a.name, [])], _Entry(a.name, a.kind, "alias")
-            )
+            for alias in [a.name, *a.aliases, *generated.get(a.name, [])]:
+                self._matcher.add(
+                    alias, _Entry(a.name, a.kind, "alias", generic=_is_generic(alias))
+                )
             for alias in [*a.speaker_aliases, *countries.get(a.name, [])]:
                 self._matcher.add(alias, _Entry(a.name, a.kind, "speaker_alias"))
             for role in a.roles:
@@ -440,9 +448,13 @@ class ActorResolver:
         sent_of = _sentence_index(tokens, sentences)
         mentions: list[ActorMention] = []
         covered: set[int] = set()
-        for match in self._matcher.find(text, tokens):
-            entry = self._pick(match.values, day)
-            if entry is None:
+        found = [(m, self._pick(m.values, day)) for m in self._matcher.find(text, tokens)]
+        # "The junta" is Myanmar's in a Myanmar story and Mali's in a Mali one; "security
+        # cabinet" is Israel's only where Israel is named. A generic alias needs the same
+        # actor named another way somewhere in the text (a capital or country name counts).
+        anchored = {e.actor for _, e in found if e is not None and not e.generic}
+        for match, entry in found:
+            if entry is None or (entry.generic and entry.actor not in anchored):
                 continue
             sidx = sent_of[match.first_token]
             speaker = _speaker_position(tokens, match.first_token, match.last_token, sent_of)
