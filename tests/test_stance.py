@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.classify.actors import ActorMention
 from pipeline.classify.classifier import ClassifyInput, LocalClassifier, load_local
+from pipeline.classify.polarity import Cues
 from pipeline.classify.sentences import Sentence
 from pipeline.classify.stance import (
     MARKER,
@@ -68,6 +69,14 @@ def test_aggregate_weights_sentences_by_topic_score() -> None:
     stance, score, evidence = aggregate(group, probs)
     assert STANCES[stance] == "oppose" and evidence == 0
     assert 0.5 < score <= 1.0
+
+    # Where the parse says the actor holds the position, that sentence weighs more than one
+    # that only names it: "X rejected the plan" over "the plan was sent to X, who ...".
+    holder, named = cand(0.6), cand(0.6)
+    holder.cues, named.cues = Cues(role="subj"), Cues(role="object")
+    probs = np.array([[0.2, 0.7, 0.1], [0.8, 0.1, 0.1]])
+    assert STANCES[aggregate([holder, named], probs)[0]] == "oppose"
+    assert STANCES[aggregate([named, holder], probs)[0]] == "support"
 
 
 @pytest.fixture(scope="module")

@@ -255,10 +255,24 @@ def pair_features(
     return np.array(feats, np.float32)
 
 
+#: Weight of a sentence in which the parse says the actor holds the position (subject,
+#: "according to", quote source) over one that merely names it ("a visit to Putin"):
+#: validation strict stance 0.723 -> 0.732 at 2 (1.5 / 3 and down-weighting objects: less).
+HOLDER_WEIGHT = 2.0
+
+
 def aggregate(group: Sequence[Candidate], stance_probs: np.ndarray) -> tuple[int, float, int]:
     """(stance index, score, index into group of the evidence) for one pair."""
     probs = np.asarray(stance_probs, np.float64)
-    weights = np.array([c.topic_score**2 * (1.5 if c.speaker else 1.0) for c in group], np.float64)
+    weights = np.array(
+        [
+            c.topic_score**2
+            * (1.5 if c.speaker else 1.0)
+            * (HOLDER_WEIGHT if c.cues is not None and c.cues.holder else 1.0)
+            for c in group
+        ],
+        np.float64,
+    )
     mean = (probs * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
     chosen = int(mean.argmax())
     evidence = int(np.argmax(weights * probs[:, chosen]))
