@@ -253,3 +253,53 @@ def test_gold_written_with_aliases_is_read_as_the_configured_actor() -> None:
     )
     assert "the envoy" not in shared
     assert shared["ben sample"] == "Ben Sample"
+
+
+def test_gold_names_with_titles_typos_and_roles_are_read_by_the_gazetteer() -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.classify.evaluate import gold_name_resolver
+
+    actors = AppConfig().actors
+    resolve = gold_name_resolver(actors)
+    assert resolve("Ukrainian President Volodymyr Zelenskyy", None) == "Volodymyr Zelenskyy"
+    assert resolve("Zelinsky", None) == "Volodymyr Zelenskyy"
+    assert resolve("Russian Foreign Minister Sergei Lavrov", None) == "Sergey Lavrov"
+    # a lone surname is a name in a gold file, even where running text would not take it
+    assert resolve("Tatar", None) == "Ersin Tatar"
+    # role titles are read on the item's date
+    assert resolve("NATO Secretary General", datetime(2023, 5, 1, tzinfo=UTC)) == (
+        "Jens Stoltenberg"
+    )
+    assert resolve("NATO Secretary General", datetime(2025, 5, 1, tzinfo=UTC)) == "Mark Rutte"
+    # two actors, nobody we know, or somebody's someone: left as written
+    assert resolve("Putin and Xi", None) is None
+    assert resolve("Jane Doe", None) is None
+    assert resolve("Netanyahu's son", None) is None
+    assert resolve("Putin's spokesman", None) == "Dmitry Peskov"  # a configured role title
+
+    item = gold(
+        "1",
+        False,
+        True,
+        stances=[
+            ("President Putin", "peace_talks", "oppose"),
+            ("Ukrainian President Volodymyr Zelensky", "peace_talks", "support"),
+        ],
+    )
+    predicted = pred(
+        "1",
+        False,
+        True,
+        stances=[
+            ("Vladimir Putin", "peace_talks", "oppose"),
+            ("Volodymyr Zelenskyy", "peace_talks", "support"),
+        ],
+    )
+    report = score([item], [predicted], baseline=False, names=canonical_names(actors))
+    assert report.stance.counts()["matched"] == 0  # the alias table alone does not know them
+    report = score(
+        [item], [predicted], baseline=False, names=canonical_names(actors), resolve=resolve
+    )
+    assert report.stance.counts()["matched"] == 2
+    assert report.summary()["gold_names_read_as_configured"] == 2

@@ -15,8 +15,10 @@ Metrics (docs/model.md repeats the definitions):
   actors (all mentioned actors plus stance actors), micro-averaged over items.
 * **Gold names**: a gold actor written as an alias or capital of a configured actor
   ("Zelensky", "Sergei Lavrov", "the Kremlin", "Kyiv") is read as that actor's canonical
-  name, so another labeller's spelling is not scored as a miss plus an invented pair; the
-  report lists the names it read so.
+  name, so another labeller's spelling is not scored as a miss plus an invented pair; so is
+  a name in which the gazetteer finds exactly one configured actor ("President Putin",
+  "Zelinsky", "NATO's secretary general" on the item's date). The report lists the names
+  it read so.
 * The confusion table shows gold rows against predicted columns, "none" included.
 * The keyword baseline (pipeline/classify/keyword_baseline.py) is scored on the same items.
 """
@@ -25,16 +27,21 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.classify.actors import country_speaker_aliases, institution_aliases
+from pipeline.classify.actors import (
+    ActorResolver,
+    country_speaker_aliases,
+    institution_aliases,
+)
 from pipeline.classify.classifier import Classifier, ClassifyInput
 from pipeline.classify.dataset import DataError, LabelledArticle, article_from_record
 from pipeline.classify.keyword_baseline import keyword_topics
-from pipeline.classify.sentences import fold
+from pipeline.classify.sentences import fold, split_sentences
 from pipeline.classify.stance import STANCES
 from pipeline.config import TOPICS, ActorConfig
 from pipeline.models import ClassifiedText
@@ -232,23 +239,73 @@ class EvalReport:
         return "\n".join(lines)
 
 
+#: Reads a gold actor name written some other way; (name, item's publication time) ->
+#: canonical name or None.
+GoldNameResolver = Callable[[str, datetime | None], str | None]
+
+
+def gold_name_resolver(actors: Sequence[ActorConfig]) -> GoldNameResolver:
+    """Gold names the alias table does not know, read by the actor gazetteer itself.
+
+    Another labeller writes "Ukrainian President Volodymyr Zelenskyy", "President Putin",
+    "Zelinsky" or "NATO's secretary general": the gazetteer finds the one configured actor in
+    such a name (aliases, typos, role titles on the item's date). A name in which it finds
+    no configured actor, or two ("Putin and Xi"), stays as written.
+    """
+    resolver = ActorResolver(actors)
+    memo: dict[tuple[str, date | None], str | None] = {}
+    # A lone surname is a name here, not a word: "Tatar" or "Reda" in a gold file means the
+    # one configured person of that surname (in running text the gazetteer leaves short or
+    # ambiguous surnames alone). Surnames two people share stay as written.
+    owners: dict[str, set[str]] = {}
+    for a in actors:
+        if a.kind == "person":
+            for alias in [a.name, *a.aliases]:
+                owners.setdefault(_name(alias.split()[-1]), set()).add(a.name)
+    surnames = {k: next(iter(v)) for k, v in owners.items() if len(v) == 1}
+
+    def resolve(name: str, published: datetime | None) -> str | None:
+        text = " ".join(name.split())
+        day = published.date() if published else None
+        if (text, day) not in memo:
+            found = set()
+            if 0 < len(text.split()) <= 10:
+                mentions = resolver.analyse(text, split_sentences(text), published).mentions
+                found = {m.actor for m in mentions if m.configured}
+                # "Putin's spokesman" is somebody else
+                if any(text[m.end : m.end + 2] in ("'s", "’s") for m in mentions):
+                    found = set()
+            if not found and len(text.split()) == 1 and _name(text) in surnames:
+                found = {surnames[_name(text)]}
+            memo[(text, day)] = found.pop() if len(found) == 1 else None
+        return memo[(text, day)]
+
+    return resolve
+
+
 def score(
     items: Sequence[LabelledArticle],
     predictions: Sequence[ClassifiedText],
     *,
     baseline: bool = True,
     names: Mapping[str, str] | None = None,
+    resolve: GoldNameResolver | None = None,
 ) -> EvalReport:
-    """``names``: folded alias -> canonical name (``canonical_names``), applied to both sides."""
+    """``names``: folded alias -> canonical name (``canonical_names``), applied to both sides;
+    ``resolve`` reads the gold names that ``names`` does not know (``gold_name_resolver``)."""
     names = names or {}
     renamed: Counter[tuple[str, str]] = Counter()
 
-    def key(actor: str, gold: bool = False) -> str:
+    def key(actor: str, gold: LabelledArticle | None = None, count: bool = False) -> str:
+        """Comparable name; ``gold``: the item a gold name comes from (its date reads role
+        titles); ``count``: list the name in the report when it was read as another."""
         folded = _name(actor)
         canonical = names.get(folded)
+        if canonical is None and gold is not None and resolve is not None:
+            canonical = resolve(actor, gold.published)
         if canonical is None:
             return folded
-        if gold and _name(canonical) != folded:
+        if count and _name(canonical) != folded:
             renamed[(actor, canonical)] += 1
         return _name(canonical)
 
@@ -257,12 +314,12 @@ def score(
     stance = StanceScores()
     found = total = stance_found = 0
     for it, p in zip(items, predictions, strict=True):
-        gold_pairs = {(key(s.actor, gold=True), s.topic): s.stance for s in it.stances}
+        gold_pairs = {(key(s.actor, it, count=True), s.topic): s.stance for s in it.stances}
         pred_pairs: dict[tuple[str, str], str] = {}
         for s in sorted(p.stances, key=lambda s: -s.score):
             pred_pairs.setdefault((key(s.actor), s.topic), s.stance)
         stance.add(gold_pairs, pred_pairs)
-        gold_actors = {key(a) for a in it.actors} | {key(s.actor) for s in it.stances}
+        gold_actors = {key(a, it) for a in it.actors} | {key(s.actor, it) for s in it.stances}
         predicted = {key(a) for a in p.actors}
         stance_actors = {key(s.actor) for s in p.stances}
         total += len(gold_actors)
@@ -298,7 +355,13 @@ def evaluate_items(
         ClassifyInput(id=i.id, title=i.title, text=i.text, published=i.published) for i in items
     ]
     predictions = classifier.classify(inputs, progress=progress)
-    return score(items, predictions, baseline=baseline, names=canonical_names(actors))
+    return score(
+        items,
+        predictions,
+        baseline=baseline,
+        names=canonical_names(actors),
+        resolve=gold_name_resolver(actors) if actors else None,
+    )
 
 
 def load_gold(path: Path) -> list[LabelledArticle]:
