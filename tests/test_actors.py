@@ -304,3 +304,23 @@ def test_generic_aliases_need_the_actor_named_elsewhere(resolver: ActorResolver)
     assert [m.text for m in analyse(resolver, text).mentions] == ["The EU", "The bloc"]
     text = "The prime minister's office said Starmer would attend."
     assert analyse(resolver, text).actors == ["Keir Starmer"]
+
+
+def test_misspelt_countries_and_capitals_speak(resolver: ActorResolver) -> None:
+    # One dropped, added or swapped letter of a country or capital of 6+ letters, as a
+    # speaker only; never a place, a demonym, or a word inside a person's name.
+    for text, actor in {
+        "Moroocco rejected the plan on Monday.": "Government of Morocco",
+        "Azerbaijian said it would sign the treaty.": "Government of Azerbaijan",
+        "Ukriane said it would not cede land.": "Government of Ukraine",
+        "Washingon said it backed the talks.": "United States",
+    }.items():
+        a = analyse(resolver, text)
+        assert [(m.actor, m.source, m.speaker) for m in a.mentions] == [(actor, "fuzzy", True)]
+    a = analyse(resolver, "Moroco's foreign ministry said the visit confirmed its stance.")
+    assert [(m.actor, m.text, m.speaker) for m in a.mentions] == [
+        ("Government of Morocco", "Moroco's foreign ministry", True)
+    ]
+    assert analyse(resolver, "Talks in Moroocco resumed on Monday.").actors == []
+    assert analyse(resolver, "The Russian said no.").actors == []
+    assert analyse(resolver, "Mohammad Tehrani said the talks had failed.").actors == []

@@ -400,6 +400,14 @@ class ActorResolver:
         self._surnames_by_ends: dict[tuple[str, str], list[str]] = {}
         for surname in self._surname_keys:
             self._surnames_by_ends.setdefault((surname[0], surname[-1]), []).append(surname)
+        #: One-word country and capital speaker aliases of 6+ letters, for misspellings of
+        #: them in speaker position ("Moroocco rejected ...").
+        self._speaker_words: dict[str, set[tuple[str, str]]] = {}
+        for a in actors:
+            for alias in [*a.speaker_aliases, *countries.get(a.name, [])]:
+                key = fold(alias).casefold()
+                if " " not in key and len(key) >= 6 and key.isalpha():
+                    self._speaker_words.setdefault(key, set()).add((a.name, a.kind))
         # Any configured phrase (speaker aliases included) is never an "unconfigured" name.
         self._known_phrases = {
             fold(p).casefold()
@@ -528,6 +536,7 @@ class ActorResolver:
         out += self._fuzzy_surnames(text, tokens, covered, sent_of)
         named = {m.actor for m in [*known, *out] if m.kind == "person" and m.configured}
         out += self._fuzzy_named_surnames(text, tokens, covered, sent_of, named)
+        out += self._fuzzy_speakers(text, tokens, covered, sent_of)
         return out
 
     def _mention(
@@ -653,6 +662,43 @@ class ActorResolver:
             if self._inside_other_name(tokens, i, covered, sent_of, actor):
                 continue
             out.append(self._mention(text, tokens, i, i + 1, actor, sent_of, covered))
+        return out
+
+    def _fuzzy_speakers(
+        self, text: str, tokens: Sequence[Token], covered: set[int], sent_of: Sequence[int]
+    ) -> list[ActorMention]:
+        """A misspelt country or capital as a speaker (``_one_typo`` of a one-word speaker
+        alias of 6+ letters): "Moroocco rejected the plan". Like the exact speaker aliases,
+        only in speaker position; a real place or demonym ("Russian") is never one."""
+        out: list[ActorMention] = []
+        for i in range(len(tokens)):
+            word = self._name_word(tokens, i, covered)
+            if word is None or len(word) < 6 or word in self._not_surnames:
+                continue
+            hits = {
+                hit
+                for name, owners in self._speaker_words.items()
+                if name[0] == word[0] and _one_typo(word, name)
+                for hit in owners
+            }
+            if len(hits) != 1:
+                continue
+            actor, kind = hits.pop()
+            # "Moroco's foreign ministry said": the institution, like the exact alias
+            last = i + 1 + _institution_after(tokens, i + 1) if kind == "government" else i + 1
+            if any(k in covered for k in range(i + 1, last)):
+                continue
+            if not _speaker_position(tokens, i, last, sent_of):
+                continue
+            if self._inside_other_name(tokens, i, covered, sent_of, actor):
+                continue  # "Mohammad Tehrani said" is a person
+            covered.update(range(i, last))
+            start, end = tokens[i].start, tokens[last - 1].end
+            out.append(
+                ActorMention(
+                    actor, text[start:end], start, end, sent_of[i], kind, "fuzzy", True, True
+                )
+            )
         return out
 
     def _inside_other_name(
@@ -830,6 +876,17 @@ class ActorResolver:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _institution_after(tokens: Sequence[Token], i: int) -> int:
+    """How many tokens from i are "'s" + an institution ("'s foreign ministry"), or 0."""
+    if i >= len(tokens) or tokens[i].text not in ("'s", "’s"):
+        return 0
+    for n in (3, 2, 1):
+        words = " ".join(t.text.casefold() for t in tokens[i + 1 : i + 1 + n])
+        if len(tokens) > i + n and words in _INSTITUTIONS:
+            return 1 + n
+    return 0
 
 
 def _one_typo(word: str, name: str) -> bool:
