@@ -400,16 +400,6 @@ class ActorResolver:
         self._surnames_by_ends: dict[tuple[str, str], list[str]] = {}
         for surname in self._surname_keys:
             self._surnames_by_ends.setdefault((surname[0], surname[-1]), []).append(surname)
-        #: Words of each actor's own names, aliases and speaker aliases: "Britain's Foreign
-        #: Office" is the UK's, "Bangladesh's foreign office" is not.
-        self._own_words: dict[str, set[str]] = {
-            a.name: {
-                w.casefold()
-                for phrase in [a.name, *a.aliases, *a.speaker_aliases, *countries.get(a.name, [])]
-                for w in fold(phrase).replace("'s", " ").replace("’s", " ").split()
-            }
-            for a in actors
-        }
         #: One-word country and capital speaker aliases of 6+ letters, for misspellings of
         #: them in speaker position ("Moroocco rejected ...").
         self._speaker_words: dict[str, set[tuple[str, str]]] = {}
@@ -473,8 +463,6 @@ class ActorResolver:
         anchored = {e.actor for _, e in found if e is not None and not e.generic}
         for match, entry in found:
             if entry is None or (entry.generic and entry.actor not in anchored):
-                continue
-            if self._owned_by_another(tokens, match.first_token, match.last_token, entry):
                 continue
             sidx = sent_of[match.first_token]
             speaker = _speaker_position(tokens, match.first_token, match.last_token, sent_of)
@@ -675,19 +663,6 @@ class ActorResolver:
                 continue
             out.append(self._mention(text, tokens, i, i + 1, actor, sent_of, covered))
         return out
-
-    def _owned_by_another(
-        self, tokens: Sequence[Token], first: int, last: int, entry: _Entry
-    ) -> bool:
-        """ "Armenia's Security Council", "Bangladesh's foreign office": an institution alias
-        after somebody else's possessive is that somebody's institution, not the UN's or the
-        UK's. Role titles ("deputy chairman of Russia's Security Council") match as wholes."""
-        if entry.source != "alias" or first < 2 or tokens[first - 1].text not in ("'s", "’s"):
-            return False
-        if tokens[last - 1].text.casefold() not in _INSTITUTION_HEADS:
-            return False  # "Russia's Vladimir Putin", "Sudan's Rapid Support Forces"
-        owner = fold(tokens[first - 2].text).casefold()
-        return owner not in self._own_words.get(entry.actor, set())
 
     def _fuzzy_speakers(
         self, text: str, tokens: Sequence[Token], covered: set[int], sent_of: Sequence[int]
@@ -901,13 +876,6 @@ class ActorResolver:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-#: Last words of aliases that name an institution any country has ("Security Council",
-#: "Foreign Office"), not a proper name ("Rapid Support Forces").
-_INSTITUTION_HEADS = frozenset(
-    {"council", "office", "ministry", "cabinet", "department", "government", "presidency"}
-)
 
 
 def _institution_after(tokens: Sequence[Token], i: int) -> int:
