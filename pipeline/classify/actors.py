@@ -400,14 +400,16 @@ class ActorResolver:
         self._surnames_by_ends: dict[tuple[str, str], list[str]] = {}
         for surname in self._surname_keys:
             self._surnames_by_ends.setdefault((surname[0], surname[-1]), []).append(surname)
-        #: One-word country and capital speaker aliases of 6+ letters, for misspellings of
-        #: them in speaker position ("Moroocco rejected ...").
-        self._speaker_words: dict[str, set[tuple[str, str]]] = {}
+        #: One-word country and capital speaker aliases of 6+ letters by first letter, for
+        #: misspellings of them in speaker position ("Moroocco rejected ..."); a typo keeps
+        #: the first letter, so each word is compared with one bucket only.
+        self._speaker_words: dict[str, dict[str, set[tuple[str, str]]]] = {}
         for a in actors:
             for alias in [*a.speaker_aliases, *countries.get(a.name, [])]:
                 key = fold(alias).casefold()
                 if " " not in key and len(key) >= 6 and key.isalpha():
-                    self._speaker_words.setdefault(key, set()).add((a.name, a.kind))
+                    bucket = self._speaker_words.setdefault(key[0], {})
+                    bucket.setdefault(key, set()).add((a.name, a.kind))
         # Any configured phrase (speaker aliases included) is never an "unconfigured" name.
         self._known_phrases = {
             fold(p).casefold()
@@ -677,8 +679,8 @@ class ActorResolver:
                 continue
             hits = {
                 hit
-                for name, owners in self._speaker_words.items()
-                if name[0] == word[0] and _one_typo(word, name)
+                for name, owners in self._speaker_words.get(word[0], {}).items()
+                if _one_typo(word, name)
                 for hit in owners
             }
             if len(hits) != 1:

@@ -113,19 +113,16 @@ def topics_of(value: Any) -> dict[str, bool]:
     if value is None:
         return dict.fromkeys(TOPICS, False)
     if isinstance(value, (list, tuple)):
-        names = {topic_name(v) for v in value}
-        unknown = sorted(names - set(TOPICS))
-        if unknown:
-            raise ValueError(f"unknown topic {unknown[0]!r} (expected one of {', '.join(TOPICS)})")
-        return {t: t in names for t in TOPICS}
-    if isinstance(value, dict):
+        labels = {topic_name(v): True for v in value}
+    elif isinstance(value, dict):
         labels = {topic_name(k): topic_label(v) for k, v in value.items()}
-        # A topic we do not know marked true would silently drop a label: say so instead.
-        unknown = sorted(k for k, v in labels.items() if v and k not in TOPICS)
-        if unknown:
-            raise ValueError(f"unknown topic {unknown[0]!r} (expected one of {', '.join(TOPICS)})")
-        return {t: labels.get(t, False) for t in TOPICS}
-    raise ValueError(f"topics must be a mapping or a list of topic names, got {value!r}")
+    else:
+        raise ValueError(f"topics must be a mapping or a list of topic names, got {value!r}")
+    # A topic we do not know marked relevant would silently drop a label: say so instead.
+    unknown = sorted(k for k, v in labels.items() if v and k not in TOPICS)
+    if unknown:
+        raise ValueError(f"unknown topic {unknown[0]!r} (expected one of {', '.join(TOPICS)})")
+    return {t: labels.get(t, False) for t in TOPICS}
 
 
 def _actor_name(value: Any) -> str:
