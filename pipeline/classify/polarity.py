@@ -270,7 +270,9 @@ class Cues:
 
     @property
     def holder(self) -> bool:
-        return self.role in ("subj", "according", "agent", "quote", "root")
+        """Does the actor hold the position here: subject, "according to", quote source, or
+        owner of a demand or proposal ("Putin's demand that Ukraine withdraw")?"""
+        return self.role in ("subj", "according", "agent", "quote", "root", "poss")
 
     def text(self, topic: int) -> str:
         """Cue tokens for one topic (the stance head tags them with the topic)."""
