@@ -94,6 +94,18 @@ def test_hedge_and_mentioned_actors(parser: Parser) -> None:
     assert kyiv.role == "object" and not kyiv.holder
 
 
+def test_owner_of_a_demand_holds_the_position(parser: Parser) -> None:
+    # "Putin's demand that ...": Putin holds a position (the guide: a demand is support), so
+    # his sentence weighs as a holder's; Zelensky, the subject, holds his own.
+    text = "Zelensky rejected Putin's demand that Ukraine withdraw from Donetsk."
+    putin = cues_of(parser, text, "Putin")
+    assert putin.role == "poss" and putin.holder
+    assert cues_of(parser, text, "Zelensky").holder
+    # "a visit to Putin" names him without giving him a position
+    visit = cues_of(parser, "Orban's visit to Putin angered Kyiv.", "Putin")
+    assert not visit.holder
+
+
 def test_talks_statement_has_no_land_in_scope(parser: Parser) -> None:
     # The pair head uses this to keep a talks-only statement out of territorial concessions.
     cues = cues_of(
