@@ -115,6 +115,36 @@ def test_fine_tune_learns_and_round_trips(encoder: Encoder, tmp_path: Path) -> N
     assert np.allclose(l2, branch_logits(first.rounded(encoder.model), encoder.model, states))
 
 
+def test_committed_branch_scores_under_bf16_autocast() -> None:
+    # On a CPU with native bf16 (AVX512-BF16, AMX) the encoder runs under bf16 autocast and
+    # the branch's logits come back as bfloat16, which numpy cannot hold: every article that
+    # reached the branch crashed `classify` there. bf16="on" forces autocast on any CPU
+    # (emulated where not native, only slower), so this runs everywhere.
+    topic_model, _, _ = load_artifacts(MODEL_DIR)
+    bf16 = Encoder(engine="torch", bf16="on")
+    assert bf16.use_bf16
+    attach_branch(bf16, topic_model, MODEL_DIR)
+    spans = [
+        [(s.start, s.end) for s in prepare(ClassifyInput(id="x", text=t)).sentences]
+        for t in TEXTS
+    ]
+    # Both paths: the branch in the encoder pass, and deferred to `score_topics` (what
+    # `classify` does where the article head is unsure).
+    fused = bf16.encode_articles(TEXTS, spans)
+    out = bf16.encode_articles(TEXTS, spans, defer_topics=True)
+    assert all(e.topic_logits is None for e in out)
+    bf16.score_topics(out)
+    for a, b in zip(fused, out, strict=True):
+        assert a.topic_logits is not None and b.topic_logits is not None
+        assert np.allclose(a.topic_logits, b.topic_logits, atol=0.05)
+    logits = np.stack([e.topic_logits for e in out if e.topic_logits is not None])
+    assert logits.dtype == np.float32 and logits.shape == (len(TEXTS), len(TOPICS))
+    probs = topic_model.branch_probs(logits)
+    tc, pt = TOPICS.index("territorial_concessions"), TOPICS.index("peace_talks")
+    assert probs[0, tc] > 0.5 and probs[4, tc] > 0.5 and probs[1, pt] > 0.5
+    assert probs[2].max() < 0.5 and probs[5].max() < 0.5
+
+
 def test_artifacts_without_their_branch_say_so(tmp_path: Path) -> None:
     for name in ("classifier.npz", "manifest.json"):
         shutil.copy(MODEL_DIR / name, tmp_path / name)

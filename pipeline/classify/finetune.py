@@ -222,7 +222,9 @@ def branch_logits(branch: TopicBranch, model: Any, states: Sequence[Any]) -> np.
             idx = order[start : start + 32]
             batch, mask = _pad([states[i] for i in idx])
             logits = branch.logits(batch, attention_mask_4d(model, batch, mask), mask)
-            out[idx] = logits.numpy()
+            # .float(): under bf16 autocast (native-bf16 CPUs) the logits come back bf16,
+            # which numpy cannot hold.
+            out[idx] = logits.float().numpy()
     return out
 
 

@@ -63,7 +63,7 @@ from pipeline.classify.dataset import (
     load_sentences,
     sentence_files,
 )
-from pipeline.classify.encoder import ArticleEncoding, Encoder
+from pipeline.classify.encoder import ArticleEncoding, Encoder, native_bf16
 from pipeline.classify.finetune import (
     BRANCH_FILE,
     BRANCH_FROM,
@@ -345,18 +345,21 @@ def train(
     sentences = load_sentences(s_files)
     _say(f"{len(articles)} articles ({len(bbc)} BBC negatives), {len(sentences)} sentences")
 
+    # Always fp32: the artifacts must be the same whichever CPU trains them (bf16 autocast
+    # on a native-bf16 CPU shifts the last bits of every vector, and so the heads and the
+    # version). `classify` may still use bf16 where it matches fp32; the check is recorded.
     encoder = Encoder(
         max_tokens=settings.max_tokens,
         batch_size=settings.batch_size,
-        bf16=settings.bf16,
+        bf16="off",
         threads=settings.threads,
         engine=settings.engine,
     )
-    bf16_cosine = encoder.bf16_cosine
-    if bf16_cosine is None:
-        with contextlib.suppress(Exception):
-            encoder.check_bf16()
-            bf16_cosine = encoder.bf16_cosine
+    encoder.bf16_native = native_bf16()
+    bf16_cosine = None
+    with contextlib.suppress(Exception):
+        encoder.check_bf16()
+        bf16_cosine = encoder.bf16_cosine
     cache = CachedEncoder(encoder)
     prepared = [prepare(_to_input(a)) for a in articles]
     encs = cache.encode_articles(prepared)
