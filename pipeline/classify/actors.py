@@ -38,7 +38,7 @@ from babel import Locale
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
-from pipeline.classify.gazetteer import PhraseMatcher
+from pipeline.classify.gazetteer import Match, PhraseMatcher
 from pipeline.classify.sentences import Sentence, Token, fold, tokenize
 from pipeline.config import ActorConfig
 
@@ -139,6 +139,8 @@ _SENTENCE_OPENERS = frozenset(
     )
 )
 _QUOTE_CHARS = '"“”'
+#: A role title after these is not its holder on the article's date.
+_NOT_THE_HOLDER = frozenset({"former", "late", "ex", "then", "previous", "onetime"})
 _DEMONYMS = _words(
     """azerbaijani armenian ukrainian russian israeli palestinian iranian sudanese congolese
     rwandan ethiopian eritrean colombian serbian kosovar cypriot venezuelan guyanese moroccan
@@ -466,6 +468,8 @@ class ActorResolver:
         for match, entry in found:
             if entry is None or (entry.generic and entry.actor not in anchored):
                 continue
+            if entry.source == "role" and not self._title_means_holder(tokens, match, entry):
+                continue
             sidx = sent_of[match.first_token]
             speaker = _speaker_position(tokens, match.first_token, match.last_token, sent_of)
             if entry.source == "speaker_alias" and not speaker:
@@ -492,6 +496,28 @@ class ActorResolver:
         mentions.sort(key=lambda m: m.start)
         mentions = self._link_pronouns(text, tokens, sent_of, mentions, day)
         return _attribute_quotes(mentions, sentences)
+
+    def _title_means_holder(
+        self, tokens: Sequence[Token], match: Match[_Entry], entry: _Entry
+    ) -> bool:
+        """Does a role title name whoever held it on the article's date?
+
+        Not after "former" or "late" ("former UN chief Kofi Annan", "the late president"),
+        and not when another person's name follows it: "Ethiopia's Foreign Minister Taye
+        Atske Selassie" is Taye even on a date the gazetteer gives the title to someone else.
+        The name's own mention (alias or NER) then carries the actor. A name that is the
+        holder's, misspelt or not ("NATO chief Mark Rute"), keeps the title's reading.
+        """
+        before = tokens[match.first_token - 1].text.casefold() if match.first_token else ""
+        if before in _NOT_THE_HOLDER:
+            return False
+        following = [t.text for t in tokens[match.last_token : match.last_token + 3]]
+        if not following or not following[0][:1].isupper() or not following[0].isalpha():
+            return True
+        if following[0].casefold() in _SENTENCE_OPENERS:
+            return True
+        words = self._name_words.get(entry.actor, set())
+        return any(w.casefold() in words for w in following if w[:1].isupper())
 
     def _pick(self, entries: Sequence[_Entry], day: date) -> _Entry | None:
         for e in entries:
