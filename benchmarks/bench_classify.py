@@ -8,7 +8,9 @@ other users of the machine hits every column alike), the best of ``--repeat`` ru
 * the bare PyTorch encoder (tokenise + MiniLM forward + mean pooling) - the baseline;
 * the bare ONNX Runtime encoder over exactly the same texts, fp32 (``onnx``) and with int8
   weights (``onnx-int8``);
-* the whole classifier (``LocalClassifier.classify``) with each engine.
+* the whole classifier (``LocalClassifier.classify``) with each engine;
+* where the CPU computes bf16 natively and ``torch`` therefore runs under bf16 autocast, the
+  same PyTorch engine in fp32 (``torch-fp32``), to show what bf16 buys.
 
 Sets:
 
@@ -103,6 +105,11 @@ def main() -> int:
     }
     engines: dict[str, Any] = {}
     engines["torch"] = load_local(config, encoder=Encoder(engine="torch", **common))
+    if engines["torch"].encoder.use_bf16:
+        # bf16 autocast is on (native-bf16 CPU): also time fp32, to show what bf16 buys.
+        engines["torch-fp32"] = load_local(
+            config, encoder=Encoder(engine="torch", **{**common, "bf16": "off"})
+        )
     infos = []
     for engine in ("onnx", "onnx-int8"):
         try:

@@ -35,6 +35,11 @@ class PhraseMatcher(Generic[V]):
 
     def __init__(self) -> None:
         self._phrases: dict[tuple[str, ...], list[V]] = {}
+        #: Case-folded beginnings of the multi-word phrases ("nagorno",): a match is only
+        #: tried as long as the words so far begin some phrase. The old way, every n-gram
+        #: up to the longest alias at every word, was a fifth of `classify` time on
+        #: off-topic news under bf16 (where the encoder is fast).
+        self._prefixes: set[tuple[str, ...]] = set()
         self.max_len = 1
 
     def add(self, phrase: str, value: V) -> None:
@@ -45,20 +50,25 @@ class PhraseMatcher(Generic[V]):
         bucket = self._phrases.setdefault(key, [])
         if value not in bucket:
             bucket.append(value)
+        for n in range(1, len(tokens)):
+            self._prefixes.add(key[:n])
         self.max_len = max(self.max_len, len(tokens))
 
     def add_many(self, phrases: Iterable[str], value: V) -> None:
         for phrase in phrases:
             self.add(phrase, value)
 
-    def _longest(
-        self, toks: Sequence[Token], words: Sequence[str], lowered: Sequence[str], i: int
-    ) -> Match[V] | None:
-        for n in range(min(self.max_len, len(toks) - i), 1, -1):
+    def _longest(self, toks: Sequence[Token], lowered: Sequence[str], i: int) -> Match[V] | None:
+        """The longest multi-word phrase starting at token i."""
+        best: Match[V] | None = None
+        end = min(len(toks), i + self.max_len)
+        n = 1
+        while i + n < end and tuple(lowered[i : i + n]) in self._prefixes:
+            n += 1
             values = self._phrases.get(tuple(lowered[i : i + n]))
             if values:
-                return Match(toks[i].start, toks[i + n - 1].end, i, i + n, tuple(values))
-        return None
+                best = Match(toks[i].start, toks[i + n - 1].end, i, i + n, tuple(values))
+        return best
 
     def find(self, text: str, tokens: Sequence[Token] | None = None) -> list[Match[V]]:
         toks = list(tokens) if tokens is not None else tokenize(text)
@@ -67,21 +77,19 @@ class PhraseMatcher(Generic[V]):
         out: list[Match[V]] = []
         i = 0
         while i < len(toks):
-            hit: Match[V] | None = None
-            for n in range(min(self.max_len, len(toks) - i), 0, -1):
-                key = tuple(words[i : i + n]) if n == 1 else tuple(lowered[i : i + n])
-                values = self._phrases.get(key)
-                if not values and n == 1 and len(words[i]) >= 4 and words[i].isupper():
+            hit = self._longest(toks, lowered, i)
+            if hit is None:
+                values = self._phrases.get((words[i],))
+                if not values and len(words[i]) >= 4 and words[i].isupper():
                     # Datelines and headlines in capitals: "KYIV", "GAZA CITY".
                     values = self._phrases.get((words[i].title(),))
                 if values:
-                    hit = Match(toks[i].start, toks[i + n - 1].end, i, i + n, tuple(values))
-                    break
+                    hit = Match(toks[i].start, toks[i].end, i, i + 1, tuple(values))
             if hit is not None:
                 # "The Polisario Front": "the Polisario" starts first but "Polisario Front"
                 # reaches further; the phrase that ends later is the fuller name.
                 for j in range(i + 1, hit.last_token):
-                    later = self._longest(toks, words, lowered, j)
+                    later = self._longest(toks, lowered, j)
                     if later is not None and later.last_token > hit.last_token:
                         hit = later
                         break

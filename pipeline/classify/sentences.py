@@ -71,6 +71,8 @@ def fold(text: str) -> str:
     # Dashes between words separate them ("talks—NATO"); hyphens join ("Ben-Gvir").
     text = text.replace("’", "'").replace("‘", "'").replace("–", " ").replace("—", " ")
     text = text.translate(_SAME_LENGTH)
+    if text.isascii():  # most news copy: nothing to decompose (and no per-character loop)
+        return text
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
