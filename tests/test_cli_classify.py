@@ -97,3 +97,14 @@ def test_evaluate_prints_metrics_and_baseline(tmp_path: Path) -> None:
     as_json = run(["evaluate", str(path), "--json"])
     summary = json.loads(as_json.stdout)
     assert summary["items"] == 2 and summary["actor_recall"] == 1.0
+
+
+def test_evaluate_heldout_split_reads_the_untrained_items() -> None:
+    # data/heldout/ is labelled data the shipped model was never trained on (part J).
+    as_json = run(["evaluate", "--split", "heldout", "--json"])
+    assert as_json.returncode == 0, as_json.stderr
+    summary = json.loads(as_json.stdout)
+    assert summary["items"] == 150 and summary["gold_pairs"] > 300
+    assert summary["topic_macro_f1"] > 0.8  # a real model on real items, not a stub
+    bad = run(["evaluate", "--split", "train"])
+    assert bad.returncode == 2 and "'heldout'" in bad.stderr

@@ -125,8 +125,7 @@ def test_committed_branch_scores_under_bf16_autocast() -> None:
     assert bf16.use_bf16
     attach_branch(bf16, topic_model, MODEL_DIR)
     spans = [
-        [(s.start, s.end) for s in prepare(ClassifyInput(id="x", text=t)).sentences]
-        for t in TEXTS
+        [(s.start, s.end) for s in prepare(ClassifyInput(id="x", text=t)).sentences] for t in TEXTS
     ]
     # Both paths: the branch in the encoder pass, and deferred to `score_topics` (what
     # `classify` does where the article head is unsure).

@@ -157,7 +157,8 @@ def evaluate_command(
         None,
         "--split",
         help="Instead of PATH: the project's own 'test' (held out) or 'val' split of data/, "
-        "BBC negatives included, exactly as `stancewatch train` scores it.",
+        "BBC negatives included, exactly as `stancewatch train` scores it; or 'heldout': "
+        "data/heldout/ (labelled items never trained on, see its README).",
     ),
     config_dir: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
@@ -171,8 +172,8 @@ def evaluate_command(
         _err("error: give either PATH or --split (test or val)")
         raise typer.Exit(2)
     if split is not None:
-        if split not in ("test", "val"):
-            _err("error: --split must be 'test' or 'val'")
+        if split not in ("test", "val", "heldout"):
+            _err("error: --split must be 'test', 'val' or 'heldout'")
             raise typer.Exit(2)
         items = _project_split(split)
     else:
@@ -202,9 +203,16 @@ def _project_split(split: str) -> list[Any]:
     import contextlib
     import io
 
-    from pipeline.classify.dataset import article_files, bbc_negatives, load_articles
+    from pipeline.classify.dataset import (
+        DATA_DIR,
+        article_files,
+        bbc_negatives,
+        load_articles,
+    )
     from pipeline.classify.train import BBC_NEGATIVES, SEED
 
+    if split == "heldout":
+        return load_articles(sorted((DATA_DIR / "heldout" / "articles").glob("*.jsonl")))
     items = load_articles(article_files())
     with contextlib.redirect_stdout(io.StringIO()):  # the corpus package prints its path
         items += bbc_negatives(BBC_NEGATIVES, SEED)
