@@ -348,9 +348,10 @@ def train(
     sentences = load_sentences(s_files)
     _say(f"{len(articles)} articles ({len(bbc)} BBC negatives), {len(sentences)} sentences")
 
-    # Always fp32: the artifacts must be the same whichever CPU trains them (bf16 autocast
-    # on a native-bf16 CPU shifts the last bits of every vector, and so the heads and the
-    # version). `classify` may still use bf16 where it matches fp32; the check is recorded.
+    # Always fp32, whichever CPU trains: the heads are fitted to fp32 vectors, so a rebuild
+    # does not depend on whether the CPU has native bf16 (fp32 kernels still differ in the
+    # last bits between CPUs: the version hash can differ there, the metrics did not).
+    # `classify` may still use bf16 where it matches fp32; the check is recorded.
     encoder = Encoder(
         max_tokens=settings.max_tokens,
         batch_size=settings.batch_size,

@@ -169,7 +169,7 @@ def evaluate_command(
     from pipeline.classify.evaluate import evaluate_items, load_gold
 
     if (path is None) == (split is None):
-        _err("error: give either PATH or --split (test or val)")
+        _err("error: give either PATH or --split (test, val or heldout)")
         raise typer.Exit(2)
     if split is not None:
         if split not in ("test", "val", "heldout"):
