@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.classify.dataset import DATA_DIR, article_files, load_articles
+from pipeline.classify.dataset import article_files, heldout_files, load_articles
 from pipeline.classify.evaluate import _name, canonical_names
 from pipeline.config import AppConfig
 
@@ -14,7 +14,7 @@ def test_gold_actors_use_canonical_names() -> None:
     names = canonical_names(AppConfig().actors)
     aliased = []
     # data/heldout/ (never trained on; an extra evaluation set) follows the same rule.
-    heldout = sorted((DATA_DIR / "heldout" / "articles").glob("*.jsonl"))
+    heldout = heldout_files()
     assert heldout, "data/heldout/articles is empty"
     for item in load_articles([*article_files(), *heldout]):
         for actor in {*item.actors, *(s.actor for s in item.stances)}:

@@ -241,6 +241,11 @@ def sentence_files(data_dir: Path = DATA_DIR) -> list[Path]:
     return sorted((data_dir / "stance").glob("*.jsonl"))
 
 
+def heldout_files(data_dir: Path = DATA_DIR) -> list[Path]:
+    """Labelled articles never trained on (``data/heldout/README.md``); `train` ignores them."""
+    return sorted((data_dir / "heldout" / "articles").glob("*.jsonl"))
+
+
 # --------------------------------------------------------------------------- BBC negatives
 
 #: BBC items that may be about conflicts or peace processes are not safe negatives.

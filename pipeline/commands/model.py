@@ -204,15 +204,15 @@ def _project_split(split: str) -> list[Any]:
     import io
 
     from pipeline.classify.dataset import (
-        DATA_DIR,
         article_files,
         bbc_negatives,
+        heldout_files,
         load_articles,
     )
     from pipeline.classify.train import BBC_NEGATIVES, SEED
 
     if split == "heldout":
-        return load_articles(sorted((DATA_DIR / "heldout" / "articles").glob("*.jsonl")))
+        return load_articles(heldout_files())
     items = load_articles(article_files())
     with contextlib.redirect_stdout(io.StringIO()):  # the corpus package prints its path
         items += bbc_negatives(BBC_NEGATIVES, SEED)
