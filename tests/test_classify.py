@@ -196,3 +196,61 @@ def test_engine_setting_reaches_the_encoder(
     monkeypatch.setenv("STANCEWATCH_DATA_DIR", str(tmp_path / "data"))
     onnx = load_local(AppConfig(config_dir))
     assert onnx.encoder.engine == "onnx"
+
+
+def test_tfidf_transform_builds_only_useful_bigrams_and_counts_the_same(
+    classifier: LocalClassifier,
+) -> None:
+    """``TfidfText.transform`` builds only bigrams whose first word begins one in the
+    vocabulary; its rows must equal counting every n-gram of ``analyse_words``."""
+    import math
+
+    from pipeline.classify.heads import analyse_words
+
+    vec = classifier.topic_model.article_head.vectorizer
+    texts = [
+        FOUNDING.title,
+        FOUNDING.text,
+        "Peace talks in 2025: 12 delegates, the line of contact and a land swap.",
+        "",
+        "Ünïcode Zelenskyy — “quoted” talks; ceasefire-talks CEASEFIRE talks",
+    ]
+    for text, row in zip(texts, vec.transform(texts), strict=True):
+        counts: dict[int, int] = {}
+        for gram in analyse_words(text, vec.max_n):
+            if gram in vec.vocabulary:
+                counts[vec.vocabulary[gram]] = counts.get(vec.vocabulary[gram], 0) + 1
+        full = {j: (1.0 + math.log(c)) * float(vec.idf[j]) for j, c in counts.items()}
+        norm = math.sqrt(sum(v * v for v in full.values())) or 1.0
+        assert row == {j: v / norm for j, v in full.items()}
+    assert any(" " in g for g in vec.vocabulary)  # bigrams are in play at all
+    assert len(vec.transform([FOUNDING.text])[0]) > 20
+
+
+def test_classify_freezes_long_lived_objects_only_while_it_runs(
+    classifier: LocalClassifier,
+) -> None:
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    seen: list[int] = []
+    original = classifier.postprocess
+
+    def spy(prepared, encoded):  # type: ignore[no-untyped-def]
+        seen.append(gc.get_freeze_count())
+        return original(prepared, encoded)
+
+    classifier.postprocess = spy  # type: ignore[method-assign]
+    try:
+        classifier.classify([FOUNDING])
+        assert seen and seen[0] > 100_000  # the model and gazetteers were frozen
+        assert gc.get_freeze_count() == 0  # and given back to the collector after
+        # Someone else's freeze (a pre-fork server) is left as it is.
+        gc.freeze()
+        frozen = gc.get_freeze_count()
+        classifier.classify([FOUNDING])
+        # (not exactly equal: frozen objects that die by reference count leave the list)
+        assert gc.get_freeze_count() > 0.9 * frozen
+    finally:
+        gc.unfreeze()
+        classifier.postprocess = original  # type: ignore[method-assign]

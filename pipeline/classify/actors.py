@@ -320,6 +320,17 @@ def normalise_name(text: str) -> str:
     return out
 
 
+#: Words whose fuzzy-surname answer a resolver remembers (then it starts again).
+_FUZZY_CACHE_SIZE = 65536
+
+
+@functools.lru_cache(maxsize=65536)
+def _folded_name(word: str) -> str:
+    """``fold(word).casefold()``, cached: the fuzzy passes ask for every capitalised word
+    of an article three times, and news repeats its names."""
+    return fold(word).casefold()
+
+
 class ActorResolver:
     """Finds actor mentions and speakers in one article (see the module docstring)."""
 
@@ -370,6 +381,9 @@ class ActorResolver:
                     ):
                         self._surnames.setdefault(word.casefold(), a.name)
         self._surname_keys = list(self._surnames)
+        #: ``_fuzzy_surname`` answers by word: news repeats its capitalised words, and each
+        #: answer is a fuzzy search over every configured surname.
+        self._fuzzy_surname_cache: dict[str, str | None] = {}
         #: Configured people by the first word of a multi-word name or alias, with the words
         #: that follow it: "sergei" -> [("Sergey Lavrov", ("lavrov",))].
         self._full_names: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
@@ -447,6 +461,7 @@ class ActorResolver:
         sentences: Sequence[Sentence],
         published: datetime | date | None = None,
         *,
+        tokens: Sequence[Token] | None = None,
         ner_sentences: Sequence[int] | None = None,
         ner_docs: Sequence[Any] | None = None,
     ) -> ActorAnalysis:
@@ -454,9 +469,10 @@ class ActorResolver:
 
         ``ner_sentences`` are the indices of sentences whose named entities should be read
         (``ner_docs`` their spaCy docs, when the caller batched them); None = no NER.
+        ``tokens`` is ``tokenize(text)`` where the caller has made it already.
         """
         day = _as_date(published)
-        tokens = tokenize(text)
+        tokens = list(tokens) if tokens is not None else tokenize(text)
         sent_of = _sentence_index(tokens, sentences)
         mentions: list[ActorMention] = []
         covered: set[int] = set()
@@ -540,6 +556,15 @@ class ActorResolver:
         Five-letter words stay out: one dropped letter of a six-letter name is too often a
         word of its own ("Omani" for Osmani).
         """
+        if key in self._fuzzy_surname_cache:
+            return self._fuzzy_surname_cache[key]
+        if len(self._fuzzy_surname_cache) >= _FUZZY_CACHE_SIZE:
+            self._fuzzy_surname_cache.clear()
+        found = self._search_surname(key)
+        self._fuzzy_surname_cache[key] = found
+        return found
+
+    def _search_surname(self, key: str) -> str | None:
         found = process.extractOne(key, self._surname_keys, scorer=fuzz.ratio, score_cutoff=85)
         if found and found[0][0] == key[0]:
             return str(found[0])
@@ -606,7 +631,7 @@ class ActorResolver:
         word = tokens[i].text
         if not word[:1].isupper() or not word.replace("-", "").isalpha():
             return None
-        return fold(word).casefold()
+        return _folded_name(word)
 
     def _fuzzy_full_names(
         self, text: str, tokens: Sequence[Token], covered: set[int], sent_of: Sequence[int]

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,11 +74,16 @@ class LinearHead:
 
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")
+_DIGIT = re.compile(r"\d")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(_DIGIT.sub("0", text.lower()))
 
 
 def analyse_words(text: str, max_n: int = 2) -> list[str]:
     """Lower-cased word n-grams (1..max_n); digits collapse to 0 so years do not split."""
-    words = [w for w in _WORD.findall(re.sub(r"\d", "0", text.lower()))]
+    words = _words(text)
     out = list(words)
     for n in range(2, max_n + 1):
         out += [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
@@ -92,12 +97,25 @@ class TfidfText:
     vocabulary: dict[str, int]
     idf: np.ndarray
     max_n: int = 2
+    #: First words of the vocabulary's bigrams: ``transform`` builds only the bigrams that
+    #: can be in it (the same features as ``analyse_words``, a third of the time).
+    bigram_heads: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.bigram_heads = frozenset(g.split(" ", 1)[0] for g in self.vocabulary if " " in g)
+
+    def _grams(self, text: str) -> list[str]:
+        if self.max_n != 2:
+            return analyse_words(text, self.max_n)
+        words = _words(text)
+        heads = self.bigram_heads
+        return words + [f"{w} {words[i + 1]}" for i, w in enumerate(words[:-1]) if w in heads]
 
     def transform(self, texts: Sequence[str]) -> list[dict[int, float]]:
         rows: list[dict[int, float]] = []
         for text in texts:
             counts: dict[int, int] = {}
-            for gram in analyse_words(text, self.max_n):
+            for gram in self._grams(text):
                 j = self.vocabulary.get(gram)
                 if j is not None:
                     counts[j] = counts.get(j, 0) + 1

@@ -105,7 +105,7 @@ class HFZeroShotClassifier(Classifier):
                 )
                 for t in TOPICS
             }
-            analysis = self.resolver.analyse(p.text, p.sentences, item.published)
+            analysis = self.resolver.analyse(p.text, p.sentences, item.published, tokens=p.tokens)
             stances: list[StanceMention] = []
             seen: set[tuple[str, str]] = set()
             for sidx, speakers in sorted(analysis.speakers.items()):
@@ -146,7 +146,7 @@ class HFZeroShotClassifier(Classifier):
                     topics=topics,
                     stances=stances,
                     actors=analysis.actors,
-                    territories=self.territories.find(p.text),
+                    territories=self.territories.find(p.text, p.tokens),
                     model=self.name,
                     model_version=self.version,
                 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pipeline.classify.gazetteer import PhraseMatcher
+from pipeline.classify.sentences import Token
 from pipeline.config import TerritoryConfig
 from pipeline.models import TerritoryMention
 
@@ -23,10 +24,10 @@ class TerritoryGazetteer:
         for t in territories:
             self._matcher.add_many([t.name, *t.aliases], t.name)
 
-    def find(self, text: str) -> list[TerritoryMention]:
-        """Territories in order of first mention."""
+    def find(self, text: str, tokens: Sequence[Token] | None = None) -> list[TerritoryMention]:
+        """Territories in order of first mention (``tokens``: ``tokenize(text)``, if made)."""
         seen: dict[str, TerritoryMention] = {}
-        for match in self._matcher.find(text):
+        for match in self._matcher.find(text, tokens):
             for name in match.values:
                 if name not in seen:
                     t = self._by_name[name]
