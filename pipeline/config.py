@@ -355,6 +355,11 @@ class ActorConfig(_Strict):
         description="Names that stand for the actor only as the subject of speech or action "
         "('Moscow said', 'Kyiv rejected'): a capital or country name elsewhere is not the actor",
     )
+    context_aliases: list[str] = Field(
+        default_factory=list,
+        description="Names other actors use too ('Foreign Office' is Britain's and Pakistan's): "
+        "they stand for the actor only where the text also names it another way",
+    )
     description: str | None = None
 
 
@@ -365,7 +370,12 @@ class ActorsFile(_Strict):
     def _unique(self) -> ActorsFile:
         seen: dict[str, str] = {}
         for actor in self.actors:
-            for alias in [actor.name, *actor.aliases, *actor.speaker_aliases]:
+            for alias in [
+                actor.name,
+                *actor.aliases,
+                *actor.speaker_aliases,
+                *actor.context_aliases,
+            ]:
                 key = alias.casefold()
                 if key in seen and seen[key] != actor.name:
                     raise ValueError(f"alias '{alias}' names both '{seen[key]}' and '{actor.name}'")

@@ -326,6 +326,22 @@ def test_generic_aliases_need_the_actor_named_elsewhere(resolver: ActorResolver)
     assert analyse(resolver, text).actors == ["Keir Starmer"]
 
 
+def test_context_aliases_need_the_actor_named_elsewhere(resolver: ActorResolver) -> None:
+    # Pakistan's foreign ministry is called the Foreign Office too: in an Islamabad story it
+    # is not Britain's government.
+    pakistan = (
+        "ISLAMABAD - Foreign Office spokeswoman Mumtaz Zahra Baloch told a weekly briefing "
+        "that Pakistan would not accept any change to the status of Kashmir."
+    )
+    assert "Government of the United Kingdom" not in analyse(resolver, pakistan).actors
+    for british in [
+        "LONDON - The Foreign Office said on Monday that the islands' status was not for talks.",
+        "Britain's Foreign Office said there could be no talks on sovereignty.",
+        "The British government backed talks. The Foreign Office later added conditions.",
+    ]:
+        assert analyse(resolver, british).actors == ["Government of the United Kingdom"], british
+
+
 def test_misspelt_countries_and_capitals_speak(resolver: ActorResolver) -> None:
     # One dropped, added or swapped letter of a country or capital of 6+ letters, as a
     # speaker only; never a place, a demonym, or a word inside a person's name.
@@ -344,3 +360,27 @@ def test_misspelt_countries_and_capitals_speak(resolver: ActorResolver) -> None:
     assert analyse(resolver, "Talks in Moroocco resumed on Monday.").actors == []
     assert analyse(resolver, "The Russian said no.").actors == []
     assert analyse(resolver, "Mohammad Tehrani said the talks had failed.").actors == []
+
+
+def test_bare_surnames_need_an_anchor_where_asked(resolver: ActorResolver) -> None:
+    # In conflict news a misspelt leader's surname alone is common; in other news a bare
+    # surname is mostly someone else ("Mr Sullivan" of a fraud trial is not Jake Sullivan).
+    def people(text: str, anchor: bool) -> list[str]:
+        sentences = split_sentences(text)
+        found = resolver.analyse(text, sentences, date(2025, 3, 1), surnames_need_anchor=anchor)
+        return found.actors
+
+    alone = "Netanyhau said Israel would not withdraw from the corridor."
+    assert "Benjamin Netanyahu" in people(alone, anchor=False)
+    assert "Benjamin Netanyahu" not in people(alone, anchor=True)
+    named = "Benjamin Netanyahu met the envoy. Later Netanyhau said Israel would not withdraw."
+    assert "Benjamin Netanyahu" in people(named, anchor=True)
+    trial = "Mr Sullivan, 42, has already pleaded guilty to fraud, the court heard."
+    assert "Jake Sullivan" in people(trial, anchor=False)  # the ambiguity the flag is for
+    assert people(trial, anchor=True) == []
+    # O'Driscoll and O'Sullivan are other people than Driscoll and Sullivan
+    for text in ["Brian O'Driscoll scored twice.", "O’Sullivan said he would not play."]:
+        assert people(text, anchor=False) == [], text
+    assert people("Driscoll said the talks were useful.", anchor=False) == ["Dan Driscoll"]
+    # a configured one-word name is never a typo of a surname: the dateline is not Londoño
+    assert people("LONDON - Shares rose on Monday.", anchor=False) == []

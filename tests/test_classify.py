@@ -254,3 +254,23 @@ def test_classify_freezes_long_lived_objects_only_while_it_runs(
     finally:
         gc.unfreeze()
         classifier.postprocess = original  # type: ignore[method-assign]
+
+
+def test_off_topic_news_gets_no_conflict_people_from_bare_surnames(
+    classifier: LocalClassifier,
+) -> None:
+    business = ClassifyInput(
+        id="worldcom-trial",
+        title="Ex-finance chief tells court he lied to investors",
+        text=(
+            "NEW YORK - The former finance chief of the telecoms firm told a court on Tuesday "
+            "that he had lied about its accounts. Mr Sullivan, 42, has already pleaded guilty "
+            "to fraud. Johnson & Johnson shares rose 2% in London, where Mr Harris of the "
+            "brokerage said investors were relieved.\n\nThe trial continues next week."
+        ),
+        published=datetime(2005, 2, 9, tzinfo=UTC),
+    )
+    result, founding = classifier.classify([business, FOUNDING])
+    assert not result.relevant
+    assert result.actors == []  # no Jake Sullivan, Boris Johnson, Kamala Harris, Londoño
+    assert {"Jens Stoltenberg", "Volodymyr Zelenskyy"} <= set(founding.actors)

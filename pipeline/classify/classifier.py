@@ -391,6 +391,8 @@ def analyse_actors(
                 tokens=p.tokens,
                 ner_sentences=idx,
                 ner_docs=[docs[(i, j)] for j in idx] if idx else None,
+                # off-topic news: "Mr Sullivan" is mostly not Jake Sullivan (decisions.md)
+                surnames_need_anchor=not labels[i].any(),
             )
         )
     return out

@@ -62,7 +62,7 @@ def canonical_names(actors: Sequence[ActorConfig]) -> dict[str, str]:
     countries = country_speaker_aliases(actors)
     owners: dict[str, set[str]] = {}
     for a in actors:
-        aliases = [*a.aliases, *a.speaker_aliases, *countries.get(a.name, [])]
+        aliases = [*a.aliases, *a.speaker_aliases, *a.context_aliases, *countries.get(a.name, [])]
         for alias in [*aliases, *generated.get(a.name, [])]:
             owners.setdefault(_name(alias), set()).add(a.name)
     out = {key: next(iter(names)) for key, names in owners.items() if len(names) == 1}

@@ -105,7 +105,13 @@ class HFZeroShotClassifier(Classifier):
                 )
                 for t in TOPICS
             }
-            analysis = self.resolver.analyse(p.text, p.sentences, item.published, tokens=p.tokens)
+            analysis = self.resolver.analyse(
+                p.text,
+                p.sentences,
+                item.published,
+                tokens=p.tokens,
+                surnames_need_anchor=not any(t.label for t in topics.values()),
+            )
             stances: list[StanceMention] = []
             seen: set[tuple[str, str]] = set()
             for sidx, speakers in sorted(analysis.speakers.items()):
