@@ -384,3 +384,16 @@ def test_bare_surnames_need_an_anchor_where_asked(resolver: ActorResolver) -> No
     assert people("Driscoll said the talks were useful.", anchor=False) == ["Dan Driscoll"]
     # a configured one-word name is never a typo of a surname: the dateline is not Londoño
     assert people("LONDON - Shares rose on Monday.", anchor=False) == []
+
+
+def test_the_place_in_a_dateline_is_not_an_actor(resolver: ActorResolver) -> None:
+    text = (
+        "Summit backs Ukraine's territorial integrity\n\n"
+        "BURGENSTOCK, Switzerland - A two-day summit on peace in Ukraine ended on Sunday. "
+        "Switzerland said it was ready to host a second round."
+    )
+    mentions = analyse(resolver, text).mentions
+    assert [(m.actor, m.start > text.index(" - ")) for m in mentions] == [("Switzerland", True)]
+    # a headline with a dash is not a dateline
+    text = "NATO - Rutte says allies back talks"
+    assert sorted(analyse(resolver, text, date(2025, 3, 1)).actors) == ["Mark Rutte", "NATO"]

@@ -299,6 +299,27 @@ class _Entry:
     generic: bool = False
 
 
+#: A wire dateline with a comma at the start of a sentence: "BURGENSTOCK, Switzerland - ",
+#: "MOSCOW, Dec 3 (translated from Russian) - ". The place is in capitals. (Without the comma,
+#: "NATO - Rutte says" could be a headline; and a capital alone speaks only as a subject.)
+_DATELINE = re.compile(
+    r"[A-Z][A-Z'’.-]+(?:[ /][A-Z][A-Z'’.-]+)*"
+    r", +[A-Z][\w'’.-]*(?: [A-Z0-9][\w'’.-]*){0,3}"
+    r"(?: +\([^()]{1,60}\))? +[-—–] "
+)
+
+
+def _dateline_spans(sentences: Sequence[Sentence]) -> list[tuple[int, int]]:
+    """Character spans of datelines in the first sentences: a place there is where the
+    story was filed ("BURGENSTOCK, Switzerland - A summit ..."), not an actor."""
+    out = []
+    for s in sentences[:3]:
+        m = _DATELINE.match(s.text)
+        if m:
+            out.append((s.start, s.start + m.end()))
+    return out
+
+
 def _after_name_prefix(tokens: Sequence[Token], i: int) -> bool:
     """Is the word at i the end of a name like O'Driscoll or D'Alema (tokenised as "O",
     "'", "Driscoll")? Then it is not the configured Driscoll."""
@@ -511,8 +532,11 @@ class ActorResolver:
         # cabinet" is Israel's only where Israel is named. A generic alias needs the same
         # actor named another way somewhere in the text (a capital or country name counts).
         anchored = {e.actor for _, e in found if e is not None and not e.generic}
+        datelines = _dateline_spans(sentences)
         for match, entry in found:
             if entry is None or (entry.generic and entry.actor not in anchored):
+                continue
+            if any(start <= match.start < end for start, end in datelines):
                 continue
             if entry.source == "role" and not self._title_means_holder(tokens, match, entry):
                 continue
