@@ -54,3 +54,18 @@ def test_no_near_miss_matches(gazetteer: TerritoryGazetteer) -> None:
     # Exact gazetteer only: a misspelt city must not be pinned to another one.
     assert names(gazetteer, "Talks were held in Khersonsky district and at Kharkova.") == []
     assert names(gazetteer, "The golan heights; GAZA CITY") == ["Golan Heights", "Gaza Strip"]
+
+
+def test_tokens_made_by_the_caller_give_the_same_territories(gazetteer: TerritoryGazetteer) -> None:
+    # classify tokenises each article once and hands the tokens to both gazetteers
+    from pipeline.classify.sentences import tokenize
+
+    text = (
+        "KYIV — Russia wants the rest of Donetsk and a freeze in Zaporizhzhia and Kherson; "
+        "Kyiv says Crimea’s status is not on the table, nor is Nagorno-Karabakh's precedent."
+    )
+    found = gazetteer.find(text)
+    assert [t.name for t in found] == [
+        "Donetsk", "Zaporizhzhia", "Kherson", "Crimea", "Nagorno-Karabakh",
+    ]  # fmt: skip
+    assert gazetteer.find(text, tokenize(text)) == found
