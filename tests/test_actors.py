@@ -397,3 +397,20 @@ def test_the_place_in_a_dateline_is_not_an_actor(resolver: ActorResolver) -> Non
     # a headline with a dash is not a dateline
     text = "NATO - Rutte says allies back talks"
     assert sorted(analyse(resolver, text, date(2025, 3, 1)).actors) == ["Mark Rutte", "NATO"]
+
+
+def test_misspelt_names_with_a_particle(resolver: ActorResolver) -> None:
+    # "al-", "el-", "bin-" names: a typo in the word after the particle, with the first name
+    # or alone (the part after the particle is compared as the surname)
+    cases = {
+        "Abdel Fattah al-Burhaan said the army would not negotiate.": "Abdel Fattah al-Burhan",
+        "General al-Burhaan said the army would not negotiate.": "Abdel Fattah al-Burhan",
+        "Ahmed al-Shaara said a deal with Israel was a necessity.": "Ahmed al-Sharaa",
+        "Abdel Fattah el-Sissi said Egypt would host the talks.": "Abdel Fattah el-Sisi",
+    }
+    for text, actor in cases.items():
+        assert actor in analyse(resolver, text, date(2025, 6, 1)).actors, text
+    # a title is never a typo of a surname: "Sheikh" is not Hussein al-Shaikh
+    text = "The talks were hosted by Qatar's Emir, Sheikh Tamim bin Hamad Al Thani."
+    assert analyse(resolver, text, date(2025, 6, 1)).actors == ["Tamim bin Hamad Al Thani"]
+    assert analyse(resolver, "The al-Qaeda affiliate said it rejected talks.").actors == []

@@ -320,6 +320,15 @@ def _dateline_spans(sentences: Sequence[Sentence]) -> list[tuple[int, int]]:
     return out
 
 
+#: A lower-case Arabic particle glued to a name: "al-Burhan", "el-Sisi", "bin-Salman".
+_NAME_PARTICLE = re.compile(r"(?:al|el|ad|ash|as|at|az|ar|an|bin|ibn|abu)-(?=[A-Z])")
+
+
+def _name_core(word: str) -> str:
+    """The name without its particle: "al-Burhaan" -> "Burhaan" (for fuzzy surnames)."""
+    return _NAME_PARTICLE.sub("", word, count=1)
+
+
 def _after_name_prefix(tokens: Sequence[Token], i: int) -> bool:
     """Is the word at i the end of a name like O'Driscoll or D'Alema (tokenised as "O",
     "'", "Driscoll")? Then it is not the configured Driscoll."""
@@ -389,6 +398,8 @@ class ActorResolver:
         self._not_surnames |= {
             fold(p).casefold() for a in actors for p in _configured_phrases(a) if " " not in p
         }
+        # nor is a title: "Sheikh Tamim" is not a typo of Hussein al-Shaikh's surname
+        self._not_surnames |= set(_TITLE_WORDS)
         self._matcher: PhraseMatcher[_Entry] = PhraseMatcher()
         self._surnames: dict[str, str] = {}
         #: Other words of each configured person's names ("volodymyr" for Zelenskyy), so a
@@ -415,7 +426,7 @@ class ActorResolver:
                 }
                 for alias in [a.name, *a.aliases]:
                     words = fold(alias).split()
-                    word = words[-1]
+                    word = _name_core(words[-1])  # "al-Sharaa" -> "Sharaa"
                     if (
                         # "Mohammed VI of Morocco": the last word is a country, not a surname
                         (len(words) < 2 or words[-2].casefold() != "of")
@@ -441,8 +452,9 @@ class ActorResolver:
                 words = fold(alias).casefold().split()
                 if len(words) >= 2 and all(w.replace("-", "").isalpha() for w in words):
                     self._full_names.setdefault(words[0], []).append((a.name, tuple(words[1:])))
-                if len(words[-1]) >= 5 and words[-1].isalpha() and words[-1] not in _TITLE_WORDS:
-                    self._surnames_of.setdefault(a.name, set()).add(words[-1])
+                last, core = words[-1], _name_core(words[-1])  # "al-burhan", "burhan"
+                if len(core) >= 5 and core.isalpha() and core not in _TITLE_WORDS:
+                    self._surnames_of.setdefault(a.name, set()).update({last, core})
         #: "Netanyahu's office" speaks for a government (institution_aliases); a misspelt
         #: name before "'s office" must too.
         self._office_of: dict[str, str] = {}
@@ -687,11 +699,14 @@ class ActorResolver:
         )
 
     def _name_word(self, tokens: Sequence[Token], i: int, covered: set[int]) -> str | None:
-        """The folded token at i if it can be part of a name (capitalised, letters only)."""
+        """The folded token at i if it can be part of a name (capitalised or after a
+        particle like "al-", letters only)."""
         if i >= len(tokens) or i in covered:
             return None
         word = tokens[i].text
-        if not word[:1].isupper() or not word.replace("-", "").isalpha():
+        if not (word[:1].isupper() or _NAME_PARTICLE.match(word)):
+            return None
+        if not word.replace("-", "").isalpha():
             return None
         return _folded_name(word)
 
@@ -743,7 +758,7 @@ class ActorResolver:
         if not self._surname_keys:
             return out
         for i, tok in enumerate(tokens):
-            word = tok.text
+            word = _name_core(tok.text)  # "al-Burhaan" is compared as "Burhaan"
             if i in covered or len(word) < 6 or not word[0].isupper() or not word.isalpha():
                 continue
             if fold(word).casefold() in self._not_surnames:  # "Türkiye" as "turkiye"
