@@ -414,3 +414,15 @@ def test_misspelt_names_with_a_particle(resolver: ActorResolver) -> None:
     text = "The talks were hosted by Qatar's Emir, Sheikh Tamim bin Hamad Al Thani."
     assert analyse(resolver, text, date(2025, 6, 1)).actors == ["Tamim bin Hamad Al Thani"]
     assert analyse(resolver, "The al-Qaeda affiliate said it rejected talks.").actors == []
+
+
+def test_german_and_french_spellings_of_slavic_endings(resolver: ActorResolver) -> None:
+    cases = {
+        "Lavrof said Moscow was open to talks.": "Sergey Lavrov",
+        "Peskoff told reporters the Kremlin was open to talks.": "Dmitry Peskov",
+        "Medvedew said the annexed regions were Russian.": "Dmitry Medvedev",
+    }
+    for text, actor in cases.items():
+        assert actor in analyse(resolver, text, date(2025, 6, 1)).actors, text
+    for text in ["Graf said the talks were useful.", "Thereof the plan failed."]:
+        assert analyse(resolver, text, date(2025, 6, 1)).actors == [], text

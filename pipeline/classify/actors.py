@@ -324,6 +324,15 @@ def _dateline_spans(sentences: Sequence[Sentence]) -> list[tuple[int, int]]:
 _NAME_PARTICLE = re.compile(r"(?:al|el|ad|ash|as|at|az|ar|an|bin|ibn|abu)-(?=[A-Z])")
 
 
+#: German and French spellings of Slavic surname endings: "Lavrof", "Peskoff", "Medvedew".
+_SLAVIC_ENDING = re.compile(r"(?<=[aeiouy])(?:ff|f|w)$")
+
+
+def _slavic_ending(key: str) -> str:
+    """``key`` (folded, lower case) with "-of", "-off", "-ow" read as "-ov"."""
+    return _SLAVIC_ENDING.sub("v", key) if len(key) >= 6 else key
+
+
 def _name_core(word: str) -> str:
     """The name without its particle: "al-Burhaan" -> "Burhaan" (for fuzzy surnames)."""
     return _NAME_PARTICLE.sub("", word, count=1)
@@ -763,7 +772,7 @@ class ActorResolver:
                 continue
             if fold(word).casefold() in self._not_surnames:  # "Türkiye" as "turkiye"
                 continue
-            surname = self._fuzzy_surname(word.casefold())
+            surname = self._fuzzy_surname(_slavic_ending(word.casefold()))
             if surname is None:
                 continue
             actor = self._surnames[surname]
