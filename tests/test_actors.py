@@ -426,3 +426,12 @@ def test_german_and_french_spellings_of_slavic_endings(resolver: ActorResolver) 
         assert actor in analyse(resolver, text, date(2025, 6, 1)).actors, text
     for text in ["Graf said the talks were useful.", "Thereof the plan failed."]:
         assert analyse(resolver, text, date(2025, 6, 1)).actors == [], text
+
+
+def test_a_particle_is_only_stripped_at_the_start_of_a_word() -> None:
+    from pipeline.classify.actors import _name_core
+
+    assert _name_core("al-Burhaan") == "Burhaan"
+    assert _name_core("bin-Salman") == "bin-Salman".removeprefix("bin-")
+    assert _name_core("Kazan-Aslan") == "Kazan-Aslan"  # "an-" inside a word is no particle
+    assert _name_core("al-qaeda") == "al-qaeda"  # a particle before a capital only

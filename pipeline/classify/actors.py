@@ -321,7 +321,7 @@ def _dateline_spans(sentences: Sequence[Sentence]) -> list[tuple[int, int]]:
 
 
 #: A lower-case Arabic particle glued to a name: "al-Burhan", "el-Sisi", "bin-Salman".
-_NAME_PARTICLE = re.compile(r"(?:al|el|ad|ash|as|at|az|ar|an|bin|ibn|abu)-(?=[A-Z])")
+_NAME_PARTICLE = re.compile(r"^(?:al|el|ad|ash|as|at|az|ar|an|bin|ibn|abu)-(?=[A-Z])")
 
 
 #: German and French spellings of Slavic surname endings: "Lavrof", "Peskoff", "Medvedew".
@@ -458,12 +458,13 @@ class ActorResolver:
             if a.kind != "person":
                 continue
             for alias in [a.name, *a.aliases]:
-                words = fold(alias).casefold().split()
+                raw = fold(alias).split()
+                words = [w.casefold() for w in raw]
                 if len(words) >= 2 and all(w.replace("-", "").isalpha() for w in words):
                     self._full_names.setdefault(words[0], []).append((a.name, tuple(words[1:])))
-                last, core = words[-1], _name_core(words[-1])  # "al-burhan", "burhan"
+                core = _name_core(raw[-1]).casefold()  # "al-Burhan" -> "burhan"
                 if len(core) >= 5 and core.isalpha() and core not in _TITLE_WORDS:
-                    self._surnames_of.setdefault(a.name, set()).update({last, core})
+                    self._surnames_of.setdefault(a.name, set()).update({words[-1], core})
         #: "Netanyahu's office" speaks for a government (institution_aliases); a misspelt
         #: name before "'s office" must too.
         self._office_of: dict[str, str] = {}
