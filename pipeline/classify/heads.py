@@ -98,7 +98,8 @@ class TfidfText:
     idf: np.ndarray
     max_n: int = 2
     #: First words of the vocabulary's bigrams: ``transform`` builds only the bigrams that
-    #: can be in it (the same features as ``analyse_words``, a third of the time).
+    #: can be in it (the same features as ``analyse_words``; 10% less time on BBC articles,
+    #: since most common words begin some bigram).
     bigram_heads: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
