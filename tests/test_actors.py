@@ -435,3 +435,19 @@ def test_a_particle_is_only_stripped_at_the_start_of_a_word() -> None:
     assert _name_core("bin-Salman") == "bin-Salman".removeprefix("bin-")
     assert _name_core("Kazan-Aslan") == "Kazan-Aslan"  # "an-" inside a word is no particle
     assert _name_core("al-qaeda") == "al-qaeda"  # a particle before a capital only
+
+
+def test_ner_names_used_as_places_are_not_actors(resolver: ActorResolver) -> None:
+    # The small NER model labels "Khan Younis" a person and "the Oval Office" an
+    # organisation; a place preposition before the name elsewhere in the text settles it.
+    text = (
+        "Strikes hit Khan Younis overnight, residents said.\n\n"
+        "Families sheltering in Khan Younis said they had no word of the truce talks. "
+        'Trump told reporters in the Oval Office that a deal was "very close".'
+    )
+    found = analyse(resolver, text, date(2025, 6, 1), ner=True)
+    assert not {"Khan Younis", "Oval Office"} & set(found.actors), found.actors
+    assert "Donald Trump" in found.actors
+    # a person after "in" with a possessive is still a person
+    text = "In Mohamed Ibn Chambas's view, the talks could resume. Mohamed Ibn Chambas said so."
+    assert "Mohamed Ibn Chambas" in analyse(resolver, text, ner=True).actors

@@ -350,6 +350,18 @@ def _after_name_prefix(tokens: Sequence[Token], i: int) -> bool:
     )
 
 
+#: A place preposition before a name: "in Khan Younis", "at the Palais des Nations".
+_PLACE_BEFORE = r"\b(?:in|near|at|outside|around|inside|aboard|into|across)\s+(?:the\s+)?"
+
+
+def _named_as_place(text: str, name: str) -> bool:
+    """Does ``text`` put ``name`` after a place preposition somewhere ("residents in Khan
+    Younis", "said in the Oval Office")? Then it is a place, whatever NER labelled it.
+    Not "in Smith's view": a possessive after the name is not a place."""
+    pattern = _PLACE_BEFORE + re.escape(name) + r"\b(?!['’]s)"
+    return re.search(pattern, text) is not None
+
+
 def _configured_phrases(actor: ActorConfig) -> list[str]:
     """Every name configured for ``actor`` (role titles aside)."""
     return [actor.name, *actor.aliases, *actor.speaker_aliases, *actor.context_aliases]
@@ -902,6 +914,8 @@ class ActorResolver:
                 name = normalise_name(ent.text)
                 if not self._plausible_name(name, ent.label_):
                     continue
+                if _named_as_place(text, name):
+                    continue  # the small model's "Khan Younis" (PERSON), "the Oval Office" (ORG)
                 if ent.label_ == "NORP":
                     continue  # "Ukrainian", "Russian": adjectives, not actors
                 kind = "person" if ent.label_ == "PERSON" else "organisation"
