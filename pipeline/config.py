@@ -362,6 +362,12 @@ class ActorConfig(_Strict):
     )
     description: str | None = None
 
+    @property
+    def names(self) -> list[str]:
+        """Every name configured for the actor: canonical name and all aliases (not role
+        titles, which name whoever holds the role on the day)."""
+        return [self.name, *self.aliases, *self.speaker_aliases, *self.context_aliases]
+
 
 class ActorsFile(_Strict):
     actors: list[ActorConfig]
@@ -370,12 +376,7 @@ class ActorsFile(_Strict):
     def _unique(self) -> ActorsFile:
         seen: dict[str, str] = {}
         for actor in self.actors:
-            for alias in [
-                actor.name,
-                *actor.aliases,
-                *actor.speaker_aliases,
-                *actor.context_aliases,
-            ]:
+            for alias in actor.names:
                 key = alias.casefold()
                 if key in seen and seen[key] != actor.name:
                     raise ValueError(f"alias '{alias}' names both '{seen[key]}' and '{actor.name}'")

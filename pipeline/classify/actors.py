@@ -185,7 +185,7 @@ def institution_aliases(actors: Sequence[ActorConfig]) -> dict[str, list[str]]:
     person holds a head-of-government title there and the country has exactly one configured
     government. Phrases configured for another actor are never taken over.
     """
-    taken = {fold(p).casefold() for a in actors for p in _configured_phrases(a)}
+    taken = {fold(p).casefold() for a in actors for p in a.names}
     out: dict[str, list[str]] = {}
     governments: dict[str, list[str]] = {}
     for a in actors:
@@ -238,7 +238,7 @@ def country_speaker_aliases(actors: Sequence[ActorConfig]) -> dict[str, list[str
     country names count ("Government of National Accord" is not a country), and a name any
     actor already uses (as name, alias or speaker alias) is not generated.
     """
-    taken = {fold(p).casefold() for a in actors for p in _configured_phrases(a)}
+    taken = {fold(p).casefold() for a in actors for p in a.names}
     countries = {fold(n).casefold() for n in Locale("en").territories.values()}
     out: dict[str, list[str]] = {}
     for a in actors:
@@ -362,11 +362,6 @@ def _named_as_place(text: str, name: str) -> bool:
     return re.search(pattern, text) is not None
 
 
-def _configured_phrases(actor: ActorConfig) -> list[str]:
-    """Every name configured for ``actor`` (role titles aside)."""
-    return [actor.name, *actor.aliases, *actor.speaker_aliases, *actor.context_aliases]
-
-
 def _is_generic(alias: str) -> bool:
     return not any(ch.isupper() for ch in alias)
 
@@ -416,9 +411,7 @@ class ActorResolver:
         self._not_surnames = _place_and_language_words() | _DEMONYMS | self.excluded
         # A configured one-word name is itself, never a typo of someone's surname: the
         # dateline "LONDON -" (London speaks only as a subject) was read as Rodrigo Londoño.
-        self._not_surnames |= {
-            fold(p).casefold() for a in actors for p in _configured_phrases(a) if " " not in p
-        }
+        self._not_surnames |= {fold(p).casefold() for a in actors for p in a.names if " " not in p}
         # nor is a title: "Sheikh Tamim" is not a typo of Hussein al-Shaikh's surname
         self._not_surnames |= set(_TITLE_WORDS)
         self._matcher: PhraseMatcher[_Entry] = PhraseMatcher()
@@ -507,9 +500,7 @@ class ActorResolver:
                     bucket.setdefault(key, set()).add((a.name, a.kind))
         # Any configured phrase (speaker aliases included) is never an "unconfigured" name.
         self._known_phrases = {
-            fold(p).casefold()
-            for a in actors
-            for p in [*_configured_phrases(a), *(r.title for r in a.roles)]
+            fold(p).casefold() for a in actors for p in [*a.names, *(r.title for r in a.roles)]
         } | {fold(c).casefold() for names in countries.values() for c in names}
         self._use_ner = use_ner
         self._nlp: Any = None
@@ -557,7 +548,7 @@ class ActorResolver:
         is common and stays.
         """
         day = _as_date(published)
-        tokens = list(tokens) if tokens is not None else tokenize(text)
+        tokens = tokens if tokens is not None else tokenize(text)
         sent_of = _sentence_index(tokens, sentences)
         mentions: list[ActorMention] = []
         covered: set[int] = set()

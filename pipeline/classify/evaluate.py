@@ -62,8 +62,8 @@ def canonical_names(actors: Sequence[ActorConfig]) -> dict[str, str]:
     countries = country_speaker_aliases(actors)
     owners: dict[str, set[str]] = {}
     for a in actors:
-        aliases = [*a.aliases, *a.speaker_aliases, *a.context_aliases, *countries.get(a.name, [])]
-        for alias in [*aliases, *generated.get(a.name, [])]:
+        # a.names includes the canonical name; canonical names win below in any case
+        for alias in [*a.names, *countries.get(a.name, []), *generated.get(a.name, [])]:
             owners.setdefault(_name(alias), set()).add(a.name)
     out = {key: next(iter(names)) for key, names in owners.items() if len(names) == 1}
     out.update({_name(a.name): a.name for a in actors})
