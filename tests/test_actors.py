@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from pipeline.classify.actors import ActorResolver, normalise_name
+from pipeline.classify.actors import _DATELINE, ActorResolver, normalise_name
 from pipeline.classify.sentences import split_sentences
 from pipeline.config import AppConfig
 
@@ -394,6 +394,28 @@ def test_the_place_in_a_dateline_is_not_an_actor(resolver: ActorResolver) -> Non
     )
     mentions = analyse(resolver, text).mentions
     assert [(m.actor, m.start > text.index(" - ")) for m in mentions] == [("Switzerland", True)]
+    # wire copy often adds the country and the date, or writes the date in another language
+    text = (
+        "Gaza ceasefire declaration signed\n\n"
+        "SHARM EL-SHEIKH, Egypt, Oct 13 (Wire) — The leaders of the United States, Egypt, "
+        "Qatar and Turkey signed a declaration backing the Gaza ceasefire on Monday."
+    )
+    mentions = analyse(resolver, text).mentions
+    assert [(m.actor, m.start > text.index(" — ")) for m in mentions] == [
+        ("United States", True),
+        ("Egypt", True),
+        ("Qatar", True),
+        ("Turkey", True),
+    ]
+    datelines = {
+        "BOGOTÁ, 3 de agosto (traducción) — Colombia's government said": "BOGOTÁ, 3 de agosto",
+        "OHRID, North Macedonia, March 18 (Wire) — Serbia and": "OHRID, North Macedonia, March",
+        "ISTANBUL/MOSCOW, May 16 — Russia said": "ISTANBUL/MOSCOW, May 16",
+        "NATO, EU and Ukraine agree - talks": None,  # a headline, not a dateline
+    }
+    for sentence, dateline in datelines.items():
+        found = _DATELINE.match(sentence)
+        assert (found.group(0)[: len(dateline)] if found and dateline else found) == dateline
     # a headline with a dash is not a dateline
     text = "NATO - Rutte says allies back talks"
     assert sorted(analyse(resolver, text, date(2025, 3, 1)).actors) == ["Mark Rutte", "NATO"]

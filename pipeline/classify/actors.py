@@ -300,11 +300,14 @@ class _Entry:
 
 
 #: A wire dateline with a comma at the start of a sentence: "BURGENSTOCK, Switzerland - ",
-#: "MOSCOW, Dec 3 (translated from Russian) - ". The place is in capitals. (Without the comma,
+#: "MOSCOW, Dec 3 (translated from Russian) - ", "SHARM EL-SHEIKH, Egypt, Oct 13 (Wire) — ",
+#: "BOGOTÁ, 3 de agosto — ". The place is in capitals; after it come up to two comma groups
+#: (a country, a date), capitalised words or a day number and its words. (Without the comma,
 #: "NATO - Rutte says" could be a headline; and a capital alone speaks only as a subject.)
+_CAPS = "A-ZÀ-ÖØ-Þ"
 _DATELINE = re.compile(
-    r"[A-Z][A-Z'’.-]+(?:[ /][A-Z][A-Z'’.-]+)*"
-    r", +[A-Z][\w'’.-]*(?: [A-Z0-9][\w'’.-]*){0,3}"
+    rf"[{_CAPS}][{_CAPS}'’.-]+(?:[ /][{_CAPS}][{_CAPS}'’.-]+)*"
+    r"(?:, +(?:[A-Z][\w'’.-]*(?: [A-Z0-9][\w'’.-]*){0,3}|[0-9]{1,2}(?: [\w'’.-]+){0,3})){1,2}"
     r"(?: +\([^()]{1,60}\))? +[-—–] "
 )
 
