@@ -141,6 +141,23 @@ _SENTENCE_OPENERS = frozenset(
 _QUOTE_CHARS = '"“”'
 #: A role title after these is not its holder on the article's date.
 _NOT_THE_HOLDER = frozenset({"former", "late", "ex", "then", "previous", "onetime"})
+#: Words that title-case headlines leave in lower case.
+_HEADLINE_SMALL_WORDS = frozenset(
+    _words("with from over into onto upon after amid than that about")
+)
+#: Capitalised words that may stand right before a surname without being another first
+#: name ("Premier Li", "On Friday Putin said"); see ``ActorResolver._someone_else``.
+_BEFORE_A_SURNAME = frozenset(
+    _words(
+        """premier tsar chairman chairwoman speaker envoy ambassador governor mayor judge
+    rabbi imam ayatollah marshal admiral sergeant director chief leader commissioner minister
+    deputy vice rep sen gov col lt maj brig capt prof professor father patriarch archbishop
+    bishop comrade candidate nominee
+    monday tuesday wednesday thursday friday saturday sunday yesterday today tonight tomorrow
+    january february march april may june july august september october november december
+    jan feb mar apr jun jul aug sep sept oct nov dec"""
+    )
+)
 _DEMONYMS = _words(
     """azerbaijani armenian ukrainian russian israeli palestinian iranian sudanese congolese
     rwandan ethiopian eritrean colombian serbian kosovar cypriot venezuelan guyanese moroccan
@@ -561,6 +578,15 @@ class ActorResolver:
         # actor named another way somewhere in the text (a capital or country name counts).
         anchored = {e.actor for _, e in found if e is not None and not e.generic}
         datelines = _dateline_spans(sentences)
+        matched_tokens = {
+            k for m, e in found if e is not None for k in range(m.first_token, m.last_token)
+        }
+        named_in_full = {
+            e.actor
+            for m, e in found
+            if e is not None and e.kind == "person" and m.last_token - m.first_token > 1
+        }
+        someone_else: set[str] = set()
         for match, entry in found:
             if entry is None or (entry.generic and entry.actor not in anchored):
                 continue
@@ -570,6 +596,22 @@ class ActorResolver:
                 continue
             if _after_name_prefix(tokens, match.first_token):  # O'Driscoll is not Driscoll
                 continue
+            if (
+                entry.kind == "person"
+                and entry.source == "alias"
+                and match.last_token - match.first_token == 1
+            ):
+                word = tokens[match.first_token].text.casefold()
+                if (word in someone_else and entry.actor not in named_in_full) or (
+                    match.first_token - 1 not in matched_tokens
+                    and self._someone_else(
+                        tokens, match.first_token, entry.actor, sentences, sent_of
+                    )
+                ):
+                    # "Daniil Medvedev ... Medvedev, the 2021 champion": the later bare
+                    # surname is the same other person.
+                    someone_else.add(word)
+                    continue
             sidx = sent_of[match.first_token]
             speaker = _speaker_position(tokens, match.first_token, match.last_token, sent_of)
             if entry.source == "speaker_alias" and not speaker:
@@ -598,6 +640,54 @@ class ActorResolver:
         mentions.sort(key=lambda m: m.start)
         mentions = self._link_pronouns(text, tokens, sent_of, mentions, day)
         return _attribute_quotes(mentions, sentences)
+
+    def _someone_else(
+        self,
+        tokens: Sequence[Token],
+        i: int,
+        actor: str,
+        sentences: Sequence[Sentence],
+        sent_of: Sequence[int],
+    ) -> bool:
+        """Is the configured surname at i (matched alone) another person's, because the word
+        right before it is a different first name? "Hazem Qassem" (a Hamas spokesman) is not
+        Naim Qassem, "Daniil Medvedev" (a tennis player) not Dmitry Medvedev, "Nicolas Petro"
+        not Gustavo Petro; "Los Santos" is a place. The person's own first name, misspelt or
+        transliterated ("Valeriy Zaluzhnyi", "Assad al-Shaibani"), titles ("Presidents
+        Trump", "PM Abiy"), dates ("On Friday Putin ...") and title-case headlines do not
+        count."""
+        if i == 0:
+            return False
+        prev = tokens[i - 1]
+        word = prev.text
+        if (
+            prev.end + 1 != tokens[i].start
+            or not word[:1].isupper()
+            or not word.isalpha()
+            or word.isupper()  # "PM", "NATO", a dateline
+        ):
+            return False
+        folded = _folded_name(word)
+        if (
+            folded in _TITLE_WORDS
+            or folded.removesuffix("s") in _TITLE_WORDS
+            or folded in _BEFORE_A_SURNAME
+            or folded in _SENTENCE_OPENERS
+            or folded in _DEMONYMS
+            or folded in _place_and_language_words()
+        ):
+            return False
+        own = self._name_words.get(actor, set())
+        if folded in own or any(fuzz.ratio(folded, w) >= 75 for w in own):
+            return False
+        # "Zelensky Says Putin Must Go": in a title-case headline every word but the short
+        # function words is capitalised; prose has lower-case words.
+        words = [
+            w
+            for w in sentences[sent_of[i]].text.split()[1:]
+            if len(w) > 3 and w.casefold() not in _HEADLINE_SMALL_WORDS
+        ]
+        return not (len(words) >= 2 and all(w[:1].isupper() for w in words))
 
     def _title_means_holder(
         self, tokens: Sequence[Token], match: Match[_Entry], entry: _Entry
