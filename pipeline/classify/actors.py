@@ -662,23 +662,17 @@ class ActorResolver:
         word = prev.text
         if (
             prev.end + 1 != tokens[i].start
-            or not word[:1].isupper()
-            or not word.isalpha()
             or word.isupper()  # "PM", "NATO", a dateline
+            or not self._another_first_name(word, actor)
         ):
             return False
         folded = _folded_name(word)
         if (
-            folded in _TITLE_WORDS
-            or folded.removesuffix("s") in _TITLE_WORDS
+            folded.removesuffix("s") in _TITLE_WORDS  # "Presidents Trump and Putin"
             or folded in _BEFORE_A_SURNAME
-            or folded in _SENTENCE_OPENERS
             or folded in _DEMONYMS
             or folded in _place_and_language_words()
         ):
-            return False
-        own = self._name_words.get(actor, set())
-        if folded in own or any(fuzz.ratio(folded, w) >= 75 for w in own):
             return False
         # "Zelensky Says Putin Must Go": in a title-case headline every word but the short
         # function words is capitalised; prose has lower-case words.
@@ -944,6 +938,19 @@ class ActorResolver:
             )
         return out
 
+    def _another_first_name(self, word: str, actor: str) -> bool:
+        """Is ``word``, standing right before one of ``actor``'s surnames, a first name that
+        is not the actor's own (nor close to it: "Valeriy" for Valerii Zaluzhnyi), a title
+        or a sentence opener?"""
+        key = word.casefold()
+        return (
+            word[:1].isupper()
+            and word.isalpha()
+            and key not in _TITLE_WORDS
+            and key not in _SENTENCE_OPENERS
+            and not any(fuzz.ratio(key, w) >= 80 for w in self._name_words.get(actor, ()))
+        )
+
     def _inside_other_name(
         self,
         tokens: Sequence[Token],
@@ -956,16 +963,7 @@ class ActorResolver:
         if _after_name_prefix(tokens, i):
             return True
         prev = tokens[i - 1].text if i > 0 and sent_of[i - 1] == sent_of[i] else ""
-        if (
-            prev[:1].isupper()
-            and prev.isalpha()
-            and prev.casefold() not in _TITLE_WORDS
-            and prev.casefold() not in _SENTENCE_OPENERS
-            and (i - 1) not in covered
-            and not any(
-                fuzz.ratio(prev.casefold(), w) >= 80 for w in self._name_words.get(actor, ())
-            )
-        ):
+        if (i - 1) not in covered and self._another_first_name(prev, actor):
             return True  # part of another person's name
         nxt = tokens[i + 1].text if i + 1 < len(tokens) and sent_of[i + 1] == sent_of[i] else ""
         # a surname ends a name: "Abdirahman Mohamed Abdullahi" is someone else
